@@ -1,0 +1,123 @@
+"""Settings, read once from environment variables (the README lists them all)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from urllib.parse import quote
+
+import attrs
+
+from .errors import ConfigurationError
+
+WS_TRANSPORTS = ("websockets", "trio-websocket")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+@attrs.frozen
+class Settings:
+    """Everything an engine and its server need to know about their set-up.
+
+    ``postgres_dsn`` ``None`` means: start the embedded PostgreSQL under ``data_dir``.
+    """
+
+    postgres_dsn: str | None = None
+    host: str = "127.0.0.1"
+    port: int = 8000
+    data_dir: Path = Path(".sluice")
+    encryption_key: str | None = attrs.field(default=None, repr=False)
+    allowed_origins: tuple[str, ...] = ()
+    log_level: str = "INFO"
+    ws_transport: str = "websockets"
+    pool_min: int = 5
+    pool_max: int = 20
+    pool_timeout: float = 10.0
+    batch_size: int = 2000
+    batch_max_age: float = 0.05
+    drain_timeout: float = 10.0
+    max_frame_bytes: int = 4 * 1024 * 1024
+    connector_buffer_bytes: int = 64 * 1024 * 1024
+
+    @property
+    def embedded(self) -> bool:
+        return self.postgres_dsn is None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Build settings from ``env`` (default ``os.environ``); bad values raise
+        :class:`ConfigurationError` naming the variable."""
+        env = os.environ if env is None else env
+        return cls(
+            postgres_dsn=_dsn_from_env(env),
+            host=env.get("SLUICE_HOST", "127.0.0.1"),
+            port=_int(env, "SLUICE_PORT", 8000, 0, 65535),
+            data_dir=Path(env.get("SLUICE_DATA_DIR", ".sluice")),
+            encryption_key=env.get("ENCRYPTION_KEY") or None,
+            allowed_origins=tuple(
+                o.strip() for o in env.get("ALLOWED_ORIGINS", "").split(",") if o.strip()
+            ),
+            log_level=_choice(env, "SLUICE_LOG_LEVEL", "INFO", LOG_LEVELS, upper=True),
+            ws_transport=_choice(env, "SLUICE_WS_TRANSPORT", "websockets", WS_TRANSPORTS),
+            pool_min=_int(env, "SLUICE_POOL_MIN", 5, 1, 1000),
+            pool_max=_int(env, "SLUICE_POOL_MAX", 20, 1, 1000),
+            pool_timeout=_float(env, "SLUICE_POOL_TIMEOUT", 10.0, 0.1, 3600),
+            batch_size=_int(env, "SLUICE_BATCH_SIZE", 2000, 1, 100_000),
+            batch_max_age=_int(env, "SLUICE_BATCH_MAX_AGE_MS", 50, 1, 60_000) / 1000,
+            drain_timeout=_float(env, "SLUICE_DRAIN_TIMEOUT", 10.0, 0.0, 3600),
+            max_frame_bytes=_int(env, "SLUICE_MAX_FRAME_BYTES", 4 * 1024 * 1024, 1024, 2**30),
+            connector_buffer_bytes=_int(
+                env, "SLUICE_CONNECTOR_BUFFER_BYTES", 64 * 1024 * 1024, 1024, 2**34
+            ),
+        )
+
+
+def _dsn_from_env(env: Mapping[str, str]) -> str | None:
+    if dsn := env.get("POSTGRES_DSN"):
+        return dsn
+    keys = ("POSTGRES_HOST", "POSTGRES_PORT", "POSTGRES_USER", "POSTGRES_PASSWORD", "POSTGRES_DB")
+    if not any(env.get(k) for k in keys):
+        return None
+    host = env.get("POSTGRES_HOST") or "127.0.0.1"
+    port = _int(env, "POSTGRES_PORT", 5432, 1, 65535)
+    user = quote(env.get("POSTGRES_USER") or "postgres", safe="")
+    password = env.get("POSTGRES_PASSWORD") or ""
+    auth = f"{user}:{quote(password, safe='')}" if password else user
+    db = quote(env.get("POSTGRES_DB") or "sluice", safe="")
+    return f"postgresql://{auth}@{host}:{port}/{db}"
+
+
+def _int(env: Mapping[str, str], name: str, default: int, lo: int, hi: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigurationError(f"{name} must be an integer, got {raw!r}") from None
+    if not lo <= value <= hi:
+        raise ConfigurationError(f"{name} must be between {lo} and {hi}, got {value}")
+    return value
+
+
+def _float(env: Mapping[str, str], name: str, default: float, lo: float, hi: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigurationError(f"{name} must be a number, got {raw!r}") from None
+    if not lo <= value <= hi:
+        raise ConfigurationError(f"{name} must be between {lo} and {hi}, got {value}")
+    return value
+
+
+def _choice(
+    env: Mapping[str, str], name: str, default: str, choices: tuple[str, ...], upper: bool = False
+) -> str:
+    raw = env.get(name) or default
+    value = raw.upper() if upper else raw
+    if value not in choices:
+        raise ConfigurationError(f"{name} must be one of {', '.join(choices)}, got {raw!r}")
+    return value

@@ -1,0 +1,155 @@
+"""The composition root of the engine: storage, then writer → hub → processor →
+connector manager, wired with bounded channels, in one nursery.
+
+Startup order: database ready (migrations applied) → writer → hub → processor → manager
+(which resumes the connectors that were running). :meth:`Engine.run` reports
+``task_status.started()`` only then.
+
+Shutdown (:meth:`Engine.request_stop`) drains: the manager stops the connectors and
+closes the raw channel; the processor, then the writer (after its last commit), then the
+hub finish and close their outputs in turn. The whole drain has ``drain_timeout``
+seconds; past that everything is cancelled and what was dropped is logged with counts.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TypeVar
+
+import attrs
+import trio
+
+from .config import Settings
+from .errors import Unavailable
+from .hub import BroadcastHub
+from .manager import ConnectorManager
+from .models import Record, SourceBatch, StoredRecord
+from .processor import Processor
+from .storage import Database
+from .supervisor import Supervisor
+from .transport import transport_named
+from .writer import BatchWriter
+
+logger = logging.getLogger(__name__)
+
+# Channel capacities, in batches. Each holds well under a second at peak rate.
+RAW_BATCHES = 64
+RECORD_BATCHES = 32
+STORED_BATCHES = 16
+
+T = TypeVar("T")
+
+
+class EngineNotReady(Unavailable):
+    """The engine is starting or stopping; try again shortly."""
+
+
+@attrs.define(eq=False)
+class Engine:
+    """Owns every actor. Use :meth:`run` under a nursery (``await nursery.start(engine.run)``)."""
+
+    settings: Settings
+    _db: Database | None = None
+    _processor: Processor | None = None
+    _writer: BatchWriter | None = None
+    _hub: BroadcastHub | None = None
+    _manager: ConnectorManager | None = None
+    supervisors: list[Supervisor] = attrs.field(factory=list)
+    _stop: trio.Event = attrs.field(factory=trio.Event)
+    stopped: trio.Event = attrs.field(factory=trio.Event)
+    accepting: bool = False
+
+    @property
+    def db(self) -> Database:
+        return _ready(self._db)
+
+    @property
+    def manager(self) -> ConnectorManager:
+        return _ready(self._manager)
+
+    @property
+    def hub(self) -> BroadcastHub:
+        return _ready(self._hub)
+
+    @property
+    def writer(self) -> BatchWriter:
+        return _ready(self._writer)
+
+    @property
+    def processor(self) -> Processor:
+        return _ready(self._processor)
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def run(self, *, task_status: trio.TaskStatus[Engine] = trio.TASK_STATUS_IGNORED) -> None:
+        s = self.settings
+        try:
+            async with Database.open(s) as db:
+                self._db = db
+                await self._run_actors(db, task_status)
+        finally:
+            self.accepting = False
+            self.stopped.set()
+
+    async def _run_actors(self, db: Database, task_status: trio.TaskStatus[Engine]) -> None:
+        s = self.settings
+        raw_send, raw_recv = trio.open_memory_channel[SourceBatch](RAW_BATCHES)
+        rec_send, rec_recv = trio.open_memory_channel[list[Record]](RECORD_BATCHES)
+        out_send, out_recv = trio.open_memory_channel[list[StoredRecord]](STORED_BATCHES)
+        writer = self._writer = BatchWriter(
+            db, rec_recv, out_send, batch_size=s.batch_size, max_age=s.batch_max_age
+        )
+        hub = self._hub = BroadcastHub(out_recv)
+        processor = self._processor = Processor(raw_recv, rec_send)
+        manager = self._manager = ConnectorManager(
+            db,
+            raw_send,
+            processor,
+            writer,
+            transport_named(s.ws_transport),
+            max_message_bytes=s.max_frame_bytes,
+            buffer_limit_bytes=s.connector_buffer_bytes,
+        )
+        self.supervisors = [
+            Supervisor("writer", writer.run, escalate=True),
+            Supervisor("hub", hub.run, escalate=True),
+            Supervisor("processor", processor.run, escalate=True),
+        ]
+        with raw_recv, rec_send, rec_recv, out_send, out_recv:
+            async with trio.open_nursery() as nursery:
+                for supervisor in self.supervisors:
+                    await nursery.start(supervisor.run)
+                await nursery.start(manager.run)
+                self.accepting = True
+                logger.info("engine ready")
+                task_status.started(self)
+                await self._stop.wait()
+                self.accepting = False
+                logger.info("engine stopping: draining (up to %g s)", s.drain_timeout)
+                manager.shutdown()
+                nursery.cancel_scope.deadline = trio.current_time() + s.drain_timeout
+            if nursery.cancel_scope.cancelled_caught:
+                self._log_dropped(raw_recv, rec_recv)
+            else:
+                logger.info("engine drained cleanly")
+
+    def _log_dropped(
+        self,
+        raw_recv: trio.MemoryReceiveChannel[SourceBatch],
+        rec_recv: trio.MemoryReceiveChannel[list[Record]],
+    ) -> None:
+        writer = self.writer
+        logger.error(
+            "drain deadline passed: dropped %d records held by the writer, %d record batches"
+            " and %d frame batches still queued",
+            writer.statistics().pending,
+            rec_recv.statistics().current_buffer_used,
+            raw_recv.statistics().current_buffer_used,
+        )
+
+
+def _ready(value: T | None) -> T:
+    if value is None:
+        raise EngineNotReady("the engine is not running")
+    return value

@@ -1,0 +1,221 @@
+"""The ConnectorManager actor: starts and stops connector actors and keeps their status.
+
+Each running connector is a :class:`~engine.ws_connector.WebSocketConnector` under its own
+:class:`~engine.supervisor.Supervisor` (``escalate=False``), in the manager's nursery, with
+its own clone of the raw channel's send end. A connector's crash never reaches another.
+
+Status is composed from three owners — the connector (received, reconnects, errors), the
+processor (rejected, control) and the writer (stored) — counted since the connector's last
+start, and persisted to ``connector_status`` every ``persist_interval`` seconds and on
+every start and stop. The wanted state (``running``/``stopped``) is stored with the
+connector, so connectors that were running resume after a restart, even after a crash.
+
+Resource handling: the manager owns the raw channel's send end. :meth:`shutdown` stops
+every connector (each forwards what it buffered), persists the final statuses and closes
+the send end, which lets the processor and the writer drain.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import attrs
+import trio
+
+from .errors import NotFound, SinkUnavailable
+from .models import ConnectorSpec, ConnectorStatus, SourceBatch
+from .processor import Processor
+from .storage import Database
+from .storage import connectors as sql
+from .supervisor import Supervisor
+from .transport import Transport
+from .writer import BatchWriter
+from .ws_connector import WebSocketConnector
+
+logger = logging.getLogger(__name__)
+
+STOP_TIMEOUT = 10.0
+
+
+@attrs.define(eq=False)
+class _Running:
+    actor: WebSocketConnector
+    supervisor: Supervisor
+    scope: trio.CancelScope
+    done: trio.Event
+    base_records: int
+    base_rejected: int
+    base_frames: int
+    base_control: int
+
+
+@attrs.define(eq=False)
+class ConnectorManager:
+    db: Database
+    send_channel: trio.MemorySendChannel[SourceBatch]
+    processor: Processor
+    writer: BatchWriter
+    transport: Transport
+    max_message_bytes: int = 4 * 1024 * 1024
+    buffer_limit_bytes: int = 64 * 1024 * 1024
+    persist_interval: float = 2.0
+    _nursery: trio.Nursery | None = None
+    _running: dict[str, _Running] = attrs.field(factory=dict)
+    _last: dict[str, _Running] = attrs.field(factory=dict)
+    _stopping: trio.Event = attrs.field(factory=trio.Event)
+    _lock: trio.Lock = attrs.field(factory=trio.Lock)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            for spec in await self.db.run(sql.list_connectors):
+                if spec.desired_state == "running":
+                    logger.info("resuming connector %s (%s)", spec.connector_id, spec.name)
+                    await self._spawn(spec)
+            nursery.start_soon(self._persist_loop)
+            task_status.started()
+            await self._stopping.wait()
+            async with self._lock:
+                for connector_id in list(self._running):
+                    await self._halt(connector_id)
+            await self._persist(final=True)
+            nursery.cancel_scope.cancel()
+        self.send_channel.close()
+
+    def shutdown(self) -> None:
+        """Begin the clean stop: connectors stop, flush, and the raw channel closes."""
+        self._stopping.set()
+
+    async def start(self, connector_id: str) -> ConnectorStatus:
+        """Start a connector (idempotent) and remember that it should run."""
+        async with self._lock:
+            spec = await self.db.run(sql.get_connector, connector_id)
+            if spec is None:
+                raise NotFound(f"connector {connector_id} not found")
+            await self.db.run(sql.set_desired_state, connector_id, "running")
+            if connector_id not in self._running:
+                await self._spawn(spec)
+        await self._persist_one(connector_id)
+        return self.status(connector_id)
+
+    async def stop(self, connector_id: str) -> ConnectorStatus:
+        """Stop a connector (idempotent) and remember that it should not run."""
+        async with self._lock:
+            if not await self.db.run(sql.set_desired_state, connector_id, "stopped"):
+                raise NotFound(f"connector {connector_id} not found")
+            if connector_id in self._running:
+                await self._halt(connector_id)
+        await self._persist_one(connector_id)
+        return self.status(connector_id)
+
+    def is_running(self, connector_id: str) -> bool:
+        return connector_id in self._running
+
+    async def _spawn(self, spec: ConnectorSpec) -> None:
+        assert self._nursery is not None
+        if self._stopping.is_set():
+            return
+        await self._nursery.start(self._run_connector, spec)
+
+    async def _run_connector(
+        self, spec: ConnectorSpec, *, task_status: trio.TaskStatus[None]
+    ) -> None:
+        send_channel = self.send_channel.clone()
+        actor = WebSocketConnector(
+            spec,
+            send_channel,
+            self.transport,
+            max_message_bytes=self.max_message_bytes,
+            buffer_limit_bytes=self.buffer_limit_bytes,
+        )
+        cid = spec.connector_id
+        counters = self.processor.counters_for(cid)
+        entry = _Running(
+            actor=actor,
+            supervisor=Supervisor(f"connector {cid}", actor.run),
+            scope=trio.CancelScope(),
+            done=trio.Event(),
+            base_records=self.writer.committed_for(cid),
+            base_rejected=counters.rejected + self.writer.rejected_for(cid),
+            base_frames=counters.frames,
+            base_control=counters.control,
+        )
+        self._running[cid] = self._last[cid] = entry
+        try:
+            with send_channel, entry.scope:
+                await entry.supervisor.run(task_status=task_status)
+        finally:
+            self._running.pop(cid, None)
+            entry.done.set()
+
+    async def _halt(self, connector_id: str) -> None:
+        entry = self._running.get(connector_id)
+        if entry is None:
+            return
+        entry.actor.request_stop()
+        with trio.move_on_after(STOP_TIMEOUT):
+            await entry.done.wait()
+        if not entry.done.is_set():
+            logger.error(
+                "connector %s did not stop in %g s; cancelling", connector_id, STOP_TIMEOUT
+            )
+            entry.scope.cancel()
+            await entry.done.wait()
+
+    def status(self, connector_id: str) -> ConnectorStatus:
+        """The live status of a connector this process has run; raises NotFound otherwise."""
+        entry = self._last.get(connector_id)
+        if entry is None:
+            raise NotFound(f"connector {connector_id} has not run in this process")
+        stats = entry.actor.statistics()
+        counters = self.processor.counters_for(connector_id)
+        if entry.supervisor.state == "error":
+            state, last_error = "error", entry.supervisor.last_error
+        else:
+            state = stats.status if connector_id in self._running else "stopped"
+            last_error = counters.last_error or stats.last_error
+        return ConnectorStatus(
+            connector_id=connector_id,
+            status=state,
+            messages_received=stats.messages_received,
+            records_stored=self.writer.committed_for(connector_id) - entry.base_records,
+            messages_rejected=(
+                counters.rejected + self.writer.rejected_for(connector_id) - entry.base_rejected
+            ),
+            control_messages=counters.control - entry.base_control,
+            errors=stats.errors + counters.exchange_errors,
+            reconnects=stats.reconnects,
+            last_message_at=stats.last_message_at,
+            last_error=last_error,
+            started_at=stats.started_at,
+        )
+
+    def known(self) -> list[str]:
+        return list(self._last)
+
+    async def _persist_loop(self) -> None:
+        next_at = trio.current_time()
+        while True:
+            next_at += self.persist_interval
+            await trio.sleep_until(next_at)
+            await self._persist()
+
+    async def _persist(self, final: bool = False) -> None:
+        statuses = [self.status(cid) for cid in self._last]
+        if not statuses:
+            return
+        try:
+            with trio.move_on_after(5, shield=final):
+                await self.db.run(sql.save_statuses, statuses)
+        except SinkUnavailable as exc:
+            logger.warning("could not persist connector status: %s", exc)
+
+    async def _persist_one(self, connector_id: str) -> None:
+        if connector_id in self._last:
+            try:
+                await self.db.run(sql.save_statuses, [self.status(connector_id)])
+            except SinkUnavailable as exc:
+                logger.warning("could not persist connector status: %s", exc)
+
+    def forget(self, connector_id: str) -> None:
+        self._last.pop(connector_id, None)

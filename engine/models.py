@@ -1,0 +1,94 @@
+"""The values that travel between actors and into storage. All frozen attrs classes.
+
+Field names on the wire are decided in ``server.schemas``; these classes have no
+serialization methods.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+import attrs
+
+Protocol = Literal["websocket", "rest"]
+
+
+@attrs.frozen
+class ConnectorSpec:
+    """A connector's configuration as stored in ``api_connectors``."""
+
+    connector_id: str
+    name: str
+    api_url: str
+    protocol: Protocol
+    exchange: str
+    http_method: str = "GET"
+    headers: dict[str, str] = attrs.field(factory=dict)
+    query_params: dict[str, str] = attrs.field(factory=dict)
+    auth_type: str = "None"
+    polling_interval: int = 1000
+    subscribe_messages: list[Any] = attrs.field(factory=list)
+    desired_state: Literal["running", "stopped"] = "stopped"
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+
+
+@attrs.frozen(slots=True)
+class Record:
+    """One normalized market-data record, ready to be stored.
+
+    ``price`` and ``size`` are the source's own decimal digits (checked to be finite
+    decimals), never a float. ``data`` is the record's raw JSON payload as UTF-8 bytes.
+    ``dedup_key`` makes a retried insert idempotent: the source's trade id where it has one,
+    else a hash of the payload and its receive time.
+    """
+
+    connector_id: str | None
+    exchange: str
+    instrument: str | None
+    price: str | None
+    size: str | None
+    side: str | None
+    message_type: str
+    timestamp: datetime
+    received_at: datetime
+    data: bytes
+    dedup_key: str
+    source: Protocol = "websocket"
+
+
+@attrs.frozen(slots=True)
+class StoredRecord:
+    """A record after its transaction committed; ``id`` is its database id."""
+
+    id: int
+    record: Record
+
+
+@attrs.frozen(slots=True)
+class SourceBatch:
+    """Raw frames from one connector, in arrival order, with their receive times
+    (``time.time()`` seconds). Actors pass batches, never single frames."""
+
+    connector_id: str
+    exchange: str
+    frames: list[bytes | str]
+    received_at: list[float]
+
+
+@attrs.frozen
+class ConnectorStatus:
+    """A connector's live state and counters (since ``started_at``)."""
+
+    connector_id: str
+    status: str
+    messages_received: int = 0
+    records_stored: int = 0
+    messages_rejected: int = 0
+    control_messages: int = 0
+    errors: int = 0
+    reconnects: int = 0
+    last_message_at: datetime | None = None
+    last_error: str | None = None
+    started_at: datetime | None = None

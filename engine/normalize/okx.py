@@ -1,0 +1,96 @@
+"""OKX v5 public WebSocket messages: ``{"arg": {...}, "data": [...]}``.
+
+One message may carry several records. ``{"event": "subscribe"}`` and the text ``pong``
+are control messages; ``{"event": "error"}`` is an error the exchange reports.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import orjson
+
+from ..errors import BadMessage
+from ..models import Record
+from .common import (
+    ACK,
+    Context,
+    Control,
+    content_key,
+    decimal_text,
+    epoch_to_datetime,
+    text_field,
+)
+from .generic import normalize_generic
+
+_ACK_EVENTS = frozenset({"subscribe", "unsubscribe", "login", "channel-conn-count"})
+
+
+def normalize_okx(
+    msg: Any, raw: bytes, ctx: Context, received_at: datetime
+) -> list[Record] | Control:
+    if not isinstance(msg, dict):
+        return normalize_generic(msg, raw, ctx, received_at)
+    data = msg.get("data")
+    if data is None:
+        event = msg.get("event")
+        if event in _ACK_EVENTS:
+            return ACK
+        if event == "error":
+            return Control("error", f"OKX error {msg.get('code')}: {msg.get('msg')}")
+        return normalize_generic(msg, raw, ctx, received_at)
+    if not isinstance(data, list):
+        raise BadMessage("bad_shape", "OKX data is not a list")
+    arg = msg.get("arg")
+    channel = arg.get("channel", "") if isinstance(arg, dict) else ""
+    arg_inst = arg.get("instId") if isinstance(arg, dict) else None
+    records = []
+    for item in data:
+        if not isinstance(item, dict):
+            raise BadMessage("bad_shape", "OKX data item is not an object")
+        records.append(_record(item, channel, arg_inst, ctx, received_at))
+    return records
+
+
+def _record(
+    item: dict[str, Any], channel: str, arg_inst: Any, ctx: Context, received_at: datetime
+) -> Record:
+    instrument = text_field(item.get("instId", arg_inst), "instId")
+    payload = orjson.dumps(item)
+    ts = epoch_to_datetime(item.get("ts"), "ts") or received_at
+    if channel.startswith("trades"):
+        trade_id = text_field(item.get("tradeId"), "tradeId")
+        return Record(
+            connector_id=ctx.connector_id,
+            exchange=ctx.exchange,
+            instrument=instrument,
+            price=decimal_text(item.get("px"), "px"),
+            size=decimal_text(item.get("sz"), "sz"),
+            side=text_field(item.get("side"), "side"),
+            message_type="trade",
+            timestamp=ts,
+            received_at=received_at,
+            data=payload,
+            dedup_key=f"t:{instrument}:{trade_id}"
+            if trade_id
+            else content_key(payload, received_at),
+        )
+    if channel.startswith("tickers"):
+        message_type, price, size = "ticker", item.get("last"), item.get("lastSz")
+    else:
+        message_type = channel or "message"
+        price, size = item.get("px", item.get("last")), item.get("sz")
+    return Record(
+        connector_id=ctx.connector_id,
+        exchange=ctx.exchange,
+        instrument=instrument,
+        price=decimal_text(price, "price"),
+        size=decimal_text(size, "size"),
+        side=text_field(item.get("side"), "side"),
+        message_type=message_type,
+        timestamp=ts,
+        received_at=received_at,
+        data=payload,
+        dedup_key=content_key(payload, received_at),
+    )

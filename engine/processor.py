@@ -1,0 +1,127 @@
+"""The processor actor: raw frames → normalized records, one batch in, one batch out.
+
+It owns the per-connector message accounting: every frame is counted as exactly one of
+*normalized* (it produced records), *control* (ack, pong, exchange error) or *rejected*
+(with a category such as ``non_json``), so ``received = normalized + control + rejected``
+holds for what reached it.
+
+Resource handling: the engine owns both channel ends. The processor closes its send end
+only after its receive end is exhausted (clean shutdown flows downstream); on a crash it
+leaves them open so its supervisor can restart it.
+
+Error handling: :class:`~engine.errors.BadMessage` from decoding or normalizing is counted
+and logged (rate-limited) per connector; other exceptions are bugs and propagate.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from datetime import UTC, datetime
+
+import attrs
+import trio
+
+from .errors import BadMessage
+from .models import Record, SourceBatch
+from .normalize import Context, Control, decode, normalizer_for
+
+logger = logging.getLogger(__name__)
+
+LOG_FIRST_REJECTS = 10
+LOG_EVERY_REJECT = 1000
+
+
+@attrs.define
+class SourceCounters:
+    """What the processor saw from one connector."""
+
+    frames: int = 0
+    records: int = 0
+    control: int = 0
+    rejected: int = 0
+    exchange_errors: int = 0
+    last_error: str | None = None
+    rejected_by_category: Counter[str] = attrs.field(factory=Counter)
+
+
+@attrs.frozen
+class ProcessorStatistics:
+    batches_in: int
+    frames_in: int
+    records_out: int
+    rejected: int
+    control: int
+    sources: dict[str, SourceCounters]
+
+
+@attrs.define(eq=False)
+class Processor:
+    receive_channel: trio.MemoryReceiveChannel[SourceBatch]
+    send_channel: trio.MemorySendChannel[list[Record]]
+    batches_in: int = 0
+    frames_in: int = 0
+    records_out: int = 0
+    _sources: dict[str, SourceCounters] = attrs.field(factory=dict)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        async for batch in self.receive_channel:
+            records = self.process(batch)
+            if records:
+                await self.send_channel.send(records)
+        self.send_channel.close()
+
+    def process(self, batch: SourceBatch) -> list[Record]:
+        """Normalize one batch (pure apart from the counters)."""
+        counters = self._sources.get(batch.connector_id)
+        if counters is None:
+            counters = self._sources[batch.connector_id] = SourceCounters()
+        ctx = Context(batch.connector_id, batch.exchange)
+        normalize = normalizer_for(batch.exchange)
+        records: list[Record] = []
+        for frame, ts in zip(batch.frames, batch.received_at, strict=True):
+            try:
+                msg, raw = decode(frame)
+                result = normalize(msg, raw, ctx, datetime.fromtimestamp(ts, UTC))
+            except BadMessage as exc:
+                self._reject(batch.connector_id, counters, exc)
+                continue
+            if isinstance(result, Control):
+                counters.control += 1
+                if result.kind == "error":
+                    counters.exchange_errors += 1
+                    counters.last_error = result.detail
+                    logger.warning("connector %s: %s", batch.connector_id, result.detail)
+                continue
+            records.extend(result)
+        counters.frames += len(batch.frames)
+        counters.records += len(records)
+        self.batches_in += 1
+        self.frames_in += len(batch.frames)
+        self.records_out += len(records)
+        return records
+
+    def _reject(self, connector_id: str, counters: SourceCounters, exc: BadMessage) -> None:
+        counters.rejected += 1
+        counters.rejected_by_category[exc.category] += 1
+        counters.last_error = str(exc)
+        n = counters.rejected
+        if n <= LOG_FIRST_REJECTS or n % LOG_EVERY_REJECT == 0:
+            logger.warning("connector %s: rejected message #%d (%s)", connector_id, n, exc)
+
+    def counters_for(self, connector_id: str) -> SourceCounters:
+        return self._sources.get(connector_id) or SourceCounters()
+
+    def forget(self, connector_id: str) -> None:
+        self._sources.pop(connector_id, None)
+
+    def statistics(self) -> ProcessorStatistics:
+        return ProcessorStatistics(
+            batches_in=self.batches_in,
+            frames_in=self.frames_in,
+            records_out=self.records_out,
+            rejected=sum(c.rejected for c in self._sources.values()),
+            control=sum(c.control for c in self._sources.values()),
+            sources=dict(self._sources),
+        )

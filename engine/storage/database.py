@@ -1,0 +1,172 @@
+"""The one door to PostgreSQL: a psycopg connection pool driven from worker threads.
+
+psycopg's async API is asyncio-only, so Trio code calls its sync API through
+``trio.to_thread.run_sync``, one hop per call (never per row), limited by a
+``CapacityLimiter`` as large as the pool. No other module touches threads or SQL.
+
+Error handling: connection failures and pool timeouts become
+:class:`~engine.errors.SinkUnavailable` (retry); data the server refuses becomes
+:class:`~engine.errors.BadMessage` with category ``db_rejected`` (isolate and count);
+anything else propagates as a bug.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable
+from typing import Any, Concatenate, ParamSpec, TypeVar
+
+import psycopg
+import psycopg_pool
+import trio
+from psycopg import pq
+from psycopg.adapt import Dumper
+
+from ..config import Settings
+from ..errors import BadMessage, ConfigurationError, SinkUnavailable
+from . import migrations
+from .embedded import embedded_postgres, ensure_database
+from .staging import STAGING_DDL
+
+logger = logging.getLogger(__name__)
+
+P = ParamSpec("P")
+T = TypeVar("T")
+Conn = psycopg.Connection[Any]
+
+JSONB_OID = 3802
+
+
+class RawJsonb(bytes):
+    """JSON text, already encoded, to be stored in a ``jsonb`` column as the object it is."""
+
+
+class _RawJsonbBinaryDumper(Dumper):
+    # Binary jsonb is a version byte (1) followed by the JSON text; sending that avoids
+    # both re-encoding and binary COPY's default of storing a str as a JSON *string*.
+    format = pq.Format.BINARY
+    oid = JSONB_OID
+
+    def dump(self, obj: Any) -> bytes:
+        return b"\x01" + bytes(obj)
+
+
+def _configure(conn: Conn) -> None:
+    conn.adapters.register_dumper(RawJsonb, _RawJsonbBinaryDumper)
+    # The records module's staging table lives for the session; create it once.
+    conn.execute(STAGING_DDL)
+    conn.commit()
+
+
+# Errors that mean "this data cannot be stored", as opposed to "the server is not there".
+_DATA_ERRORS = (
+    psycopg.errors.DataError,
+    psycopg.errors.IntegrityError,
+    psycopg.errors.ProgramLimitExceeded,
+)
+
+
+class Database:
+    """A pool of connections and the thread hop to use it.
+
+    Resource handling: create it with :meth:`open`, an async context manager that starts
+    the embedded server if needed, opens the pool, applies migrations, and on exit closes
+    the pool and stops the embedded server.
+    """
+
+    def __init__(self, dsn: str, settings: Settings) -> None:
+        self.dsn = dsn
+        self.embedded = settings.embedded
+        self._pool = psycopg_pool.ConnectionPool(
+            dsn,
+            min_size=settings.pool_min,
+            max_size=max(settings.pool_max, settings.pool_min),
+            timeout=settings.pool_timeout,
+            configure=_configure,
+            open=False,
+            name="sluice",
+        )
+        self._limiter = trio.CapacityLimiter(max(settings.pool_max, settings.pool_min))
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def open(cls, settings: Settings, *, migrate: bool = True) -> AsyncIterator[Database]:
+        async with contextlib.AsyncExitStack() as stack:
+            dsn = settings.postgres_dsn
+            if dsn is None:
+                embedded = embedded_postgres(settings.data_dir)
+                dsn = await trio.to_thread.run_sync(embedded.__enter__)
+                stack.push_async_callback(
+                    trio.to_thread.run_sync, embedded.__exit__, None, None, None
+                )
+            else:
+                await trio.to_thread.run_sync(_create_database_if_missing, dsn)
+            db = cls(dsn, settings)
+            await db._open_pool(settings.pool_timeout)
+            stack.push_async_callback(db._close_pool)
+            if migrate:
+                applied = await db.run(migrations.migrate)
+                if applied:
+                    logger.info("database schema at version %d", applied[-1])
+            yield db
+
+    async def _open_pool(self, wait_seconds: float) -> None:
+        try:
+            await trio.to_thread.run_sync(lambda: self._pool.open(wait=True, timeout=wait_seconds))
+        except psycopg_pool.PoolTimeout as exc:
+            await trio.to_thread.run_sync(self._pool.close)
+            raise ConfigurationError(
+                f"cannot connect to PostgreSQL at {_safe_dsn(self.dsn)} within {wait_seconds:g} s"
+            ) from exc
+
+    async def _close_pool(self) -> None:
+        with trio.move_on_after(10, shield=True):
+            await trio.to_thread.run_sync(self._pool.close, 5.0)
+
+    async def run(self, fn: Callable[Concatenate[Conn, P], T], *args: P.args, **kw: P.kwargs) -> T:
+        """Call ``fn(conn, *args)`` in a worker thread with a pooled connection, inside one
+        transaction (committed when ``fn`` returns, rolled back if it raises)."""
+
+        def call() -> T:
+            with self._pool.connection() as conn:
+                return fn(conn, *args, **kw)
+
+        try:
+            return await trio.to_thread.run_sync(call, limiter=self._limiter)
+        except psycopg_pool.PoolTimeout as exc:
+            raise SinkUnavailable("no database connection available") from exc
+        except _DATA_ERRORS as exc:
+            raise BadMessage("db_rejected", _first_line(exc)) from exc
+        except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+            raise SinkUnavailable(f"database unavailable: {_first_line(exc)}") from exc
+
+    def statistics(self) -> dict[str, int]:
+        return dict(self._pool.get_stats())
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _safe_dsn(dsn: str) -> str:
+    info = psycopg.conninfo.conninfo_to_dict(dsn)
+    host = info.get("host", "localhost")
+    return f"{host}:{info.get('port', 5432)}/{info.get('dbname', '')}"
+
+
+def _create_database_if_missing(dsn: str) -> None:
+    info = psycopg.conninfo.conninfo_to_dict(dsn)
+    name = info.get("dbname")
+    if not name:
+        return
+    try:
+        psycopg.connect(dsn, connect_timeout=10).close()
+    except psycopg.OperationalError:
+        admin = psycopg.conninfo.make_conninfo(dsn, dbname="postgres")
+        try:
+            ensure_database(admin, str(name))
+        except psycopg.Error:
+            return  # the pool's own connection attempt reports the real problem
+        logger.info("created database %s", name)

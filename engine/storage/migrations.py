@@ -1,0 +1,158 @@
+"""Versioned schema migrations, applied in order at startup and by ``sluice migrate``.
+
+Each migration runs once, in its own transaction, under an advisory lock so that two
+processes starting together do not race. Never edit a released migration: add a new one.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import psycopg
+
+logger = logging.getLogger(__name__)
+
+_LOCK_ID = 0x51_1C_E0_01
+
+MIGRATIONS: list[tuple[int, str, str]] = [
+    (
+        1,
+        "initial schema",
+        """
+        CREATE SEQUENCE record_id_seq;
+
+        CREATE TABLE api_connectors (
+            connector_id       text PRIMARY KEY,
+            name               text NOT NULL,
+            api_url            text NOT NULL,
+            protocol           text NOT NULL CHECK (protocol IN ('websocket', 'rest')),
+            exchange           text NOT NULL,
+            http_method        text NOT NULL DEFAULT 'GET',
+            headers            jsonb NOT NULL DEFAULT '{}',
+            query_params       jsonb NOT NULL DEFAULT '{}',
+            auth_type          text NOT NULL DEFAULT 'None',
+            polling_interval   integer NOT NULL DEFAULT 1000,
+            subscribe_messages jsonb NOT NULL DEFAULT '[]',
+            desired_state      text NOT NULL DEFAULT 'stopped'
+                               CHECK (desired_state IN ('running', 'stopped')),
+            created_at         timestamptz NOT NULL DEFAULT now(),
+            updated_at         timestamptz NOT NULL DEFAULT now()
+        );
+        CREATE INDEX api_connectors_created ON api_connectors (created_at);
+
+        CREATE TABLE connector_status (
+            connector_id       text PRIMARY KEY
+                               REFERENCES api_connectors ON DELETE CASCADE,
+            status             text NOT NULL,
+            messages_received  bigint NOT NULL DEFAULT 0,
+            records_stored     bigint NOT NULL DEFAULT 0,
+            messages_rejected  bigint NOT NULL DEFAULT 0,
+            control_messages   bigint NOT NULL DEFAULT 0,
+            errors             bigint NOT NULL DEFAULT 0,
+            reconnects         bigint NOT NULL DEFAULT 0,
+            last_message_at    timestamptz,
+            last_error         text,
+            started_at         timestamptz,
+            updated_at         timestamptz NOT NULL DEFAULT now()
+        );
+
+        -- Records from WebSocket connectors and from POST /api/websocket/save.
+        -- Ids come from one sequence shared with api_connector_data, so a realtime
+        -- "id" names exactly one stored record.
+        CREATE TABLE websocket_messages (
+            id            bigint PRIMARY KEY DEFAULT nextval('record_id_seq'),
+            connector_id  text,
+            exchange      text NOT NULL,
+            instrument    text,
+            price         numeric,
+            size          numeric,
+            side          text,
+            message_type  text NOT NULL,
+            "timestamp"   timestamptz NOT NULL,
+            received_at   timestamptz NOT NULL,
+            data          jsonb NOT NULL,
+            dedup_key     text NOT NULL,
+            batch_id      bigint
+        );
+        CREATE UNIQUE INDEX websocket_messages_dedup
+            ON websocket_messages (connector_id, dedup_key);
+        CREATE INDEX websocket_messages_connector_time
+            ON websocket_messages (connector_id, "timestamp");
+        CREATE INDEX websocket_messages_instrument_time
+            ON websocket_messages (exchange, instrument, "timestamp");
+        CREATE INDEX websocket_messages_time ON websocket_messages USING brin ("timestamp");
+
+        -- Records from REST polling connectors.
+        CREATE TABLE api_connector_data (
+            id               bigint PRIMARY KEY DEFAULT nextval('record_id_seq'),
+            connector_id     text,
+            exchange         text NOT NULL,
+            instrument       text,
+            price            numeric,
+            size             numeric,
+            side             text,
+            message_type     text NOT NULL,
+            "timestamp"      timestamptz NOT NULL,
+            received_at      timestamptz NOT NULL,
+            data             jsonb NOT NULL,
+            dedup_key        text NOT NULL,
+            status_code      integer,
+            response_time_ms double precision
+        );
+        CREATE UNIQUE INDEX api_connector_data_dedup
+            ON api_connector_data (connector_id, dedup_key);
+        CREATE INDEX api_connector_data_connector_time
+            ON api_connector_data (connector_id, "timestamp");
+        CREATE INDEX api_connector_data_time ON api_connector_data USING brin ("timestamp");
+
+        CREATE TABLE websocket_batches (
+            id             bigserial PRIMARY KEY,
+            connector_id   text,
+            exchange       text,
+            message_count  integer NOT NULL,
+            metrics        jsonb NOT NULL DEFAULT '{}',
+            received_at    timestamptz NOT NULL DEFAULT now()
+        );
+        CREATE INDEX websocket_batches_connector ON websocket_batches (connector_id, received_at);
+        """,
+    ),
+]
+
+
+def latest_version() -> int:
+    return MIGRATIONS[-1][0]
+
+
+def applied_version(conn: psycopg.Connection[Any]) -> int:
+    """The newest migration applied, 0 for an empty database."""
+    exists = conn.execute("SELECT to_regclass('schema_migrations') IS NOT NULL").fetchone()
+    if not exists or not exists[0]:
+        return 0
+    row = conn.execute("SELECT coalesce(max(version), 0) FROM schema_migrations").fetchone()
+    return int(row[0]) if row else 0
+
+
+def migrate(conn: psycopg.Connection[Any]) -> list[int]:
+    """Apply every pending migration; return the versions applied now."""
+    applied: list[int] = []
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_ID,))
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations ("
+            " version integer PRIMARY KEY, description text NOT NULL,"
+            " applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        current = applied_version(conn)
+        for version, description, sql in MIGRATIONS:
+            if version <= current:
+                continue
+            with conn.transaction():
+                conn.execute(sql.encode())
+                conn.execute(
+                    "INSERT INTO schema_migrations (version, description) VALUES (%s, %s)",
+                    (version, description),
+                )
+            logger.info("applied migration %d: %s", version, description)
+            applied.append(version)
+    return applied

@@ -1,0 +1,264 @@
+"""WebSocket client transports behind one small interface.
+
+``websockets`` (default): the ``websockets`` package's Sans-I/O protocol driven by a Trio
+stream. It hands back every message one socket read produced, as raw UTF-8 bytes, so a
+burst costs one await and JSON is parsed straight from bytes.
+
+``trio-websocket``: the trio-websocket client, selectable with
+``SLUICE_WS_TRANSPORT=trio-websocket``.
+
+Error handling: every failure to connect, a handshake refusal, a protocol error or a
+closed connection is raised as :class:`~engine.errors.SourceUnavailable` (the connector
+reconnects). Nothing else escapes except bugs.
+
+Resource handling: :meth:`Transport.connect` is an async context manager; leaving it sends
+a close frame (time-limited and shielded) and closes the socket.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ssl
+from collections.abc import AsyncIterator
+from typing import Protocol
+
+import trio
+import trio_websocket
+from websockets.client import ClientProtocol
+from websockets.exceptions import InvalidURI, WebSocketException
+from websockets.extensions.permessage_deflate import ClientPerMessageDeflateFactory
+from websockets.frames import Frame, Opcode
+from websockets.http11 import Request, Response
+from websockets.protocol import State
+from websockets.uri import parse_uri
+
+from .errors import SourceUnavailable
+
+RECEIVE_BYTES = 256 * 1024
+CLOSE_TIMEOUT = 2.0
+
+
+class Connection(Protocol):
+    """An open WebSocket connection as the connector sees it."""
+
+    binary_messages: int
+
+    async def send_text(self, text: str) -> None: ...
+
+    async def receive_messages(self) -> list[bytes]:
+        """Wait for at least one complete text message; return every one available.
+        Binary messages are counted in ``binary_messages`` and not returned."""
+        ...
+
+    async def ping(self, payload: bytes = b"") -> None: ...
+
+
+class Transport(Protocol):
+    name: str
+
+    def connect(
+        self, url: str, *, max_message_bytes: int, open_timeout: float
+    ) -> contextlib.AbstractAsyncContextManager[Connection]: ...
+
+
+def transport_named(name: str) -> Transport:
+    if name == "trio-websocket":
+        return TrioWebsocketTransport()
+    return SansIOTransport()
+
+
+class SansIOTransport:
+    """The ``websockets`` Sans-I/O protocol on a Trio TCP (or TLS) stream."""
+
+    name = "websockets"
+
+    @contextlib.asynccontextmanager
+    async def connect(
+        self, url: str, *, max_message_bytes: int, open_timeout: float
+    ) -> AsyncIterator[Connection]:
+        try:
+            uri = parse_uri(url)
+        except InvalidURI as exc:
+            raise SourceUnavailable(f"invalid WebSocket URL: {exc}") from exc
+        stream: trio.abc.Stream
+        try:
+            with trio.fail_after(open_timeout):
+                if uri.secure:
+                    stream = await trio.open_ssl_over_tcp_stream(
+                        uri.host, uri.port, ssl_context=ssl.create_default_context()
+                    )
+                else:
+                    stream = await trio.open_tcp_stream(uri.host, uri.port)
+                conn = _SansIOConnection(stream, uri, max_message_bytes)
+                try:
+                    await conn.handshake()
+                except BaseException:
+                    await trio.aclose_forcefully(stream)
+                    raise
+        except trio.TooSlowError as exc:
+            raise SourceUnavailable(f"connecting took longer than {open_timeout:g} s") from exc
+        except (OSError, trio.BrokenResourceError) as exc:
+            raise SourceUnavailable(f"cannot connect: {exc.__class__.__name__}") from exc
+        try:
+            yield conn
+        finally:
+            await conn.aclose()
+
+
+class _SansIOConnection:
+    def __init__(self, stream: trio.abc.Stream, uri: object, max_message_bytes: int) -> None:
+        self._stream = stream
+        self._protocol = ClientProtocol(
+            uri,  # type: ignore[arg-type]
+            max_size=max_message_bytes,
+            extensions=[ClientPerMessageDeflateFactory()],
+        )
+        self._send_lock = trio.Lock()
+        self._events: list[Request | Response | Frame] = []
+        self._fragments: list[bytes] = []
+        self._fragment_opcode: Opcode | None = None
+        self.binary_messages = 0
+
+    async def handshake(self) -> None:
+        self._protocol.send_request(self._protocol.connect())
+        await self._flush()
+        while True:
+            await self._read()
+            events = self._protocol.events_received()
+            for i, event in enumerate(events):
+                if isinstance(event, Response):
+                    if self._protocol.handshake_exc is not None:
+                        raise SourceUnavailable(
+                            f"handshake refused: {self._protocol.handshake_exc}"
+                        ) from self._protocol.handshake_exc
+                    self._events = events[i + 1 :]
+                    return
+            if self._protocol.state is State.CLOSED:
+                raise SourceUnavailable("connection closed during the handshake")
+
+    async def send_text(self, text: str) -> None:
+        self._protocol.send_text(text.encode())
+        await self._flush()
+
+    async def ping(self, payload: bytes = b"") -> None:
+        self._protocol.send_ping(payload)
+        await self._flush()
+
+    async def receive_messages(self) -> list[bytes]:
+        while True:
+            messages = self._take_messages()
+            if messages:
+                return messages
+            if self._protocol.state is State.CLOSED or self._protocol.close_rcvd is not None:
+                exc = self._protocol.close_exc
+                raise SourceUnavailable(f"connection closed: {exc}") from exc
+            await self._read()
+            await self._flush()  # pongs and close replies queued by the protocol
+            self._events = self._protocol.events_received()
+
+    def _take_messages(self) -> list[bytes]:
+        out: list[bytes] = []
+        for event in self._events:
+            if not isinstance(event, Frame):
+                continue
+            opcode = event.opcode
+            if opcode is Opcode.TEXT or opcode is Opcode.BINARY:
+                if event.fin:
+                    self._emit(out, opcode, bytes(event.data))
+                else:
+                    self._fragment_opcode = opcode
+                    self._fragments = [bytes(event.data)]
+            elif opcode is Opcode.CONT and self._fragment_opcode is not None:
+                self._fragments.append(bytes(event.data))
+                if event.fin:
+                    self._emit(out, self._fragment_opcode, b"".join(self._fragments))
+                    self._fragments, self._fragment_opcode = [], None
+        self._events = []
+        return out
+
+    def _emit(self, out: list[bytes], opcode: Opcode, data: bytes) -> None:
+        if opcode is Opcode.TEXT:
+            out.append(data)
+        else:
+            self.binary_messages += 1
+
+    async def _read(self) -> None:
+        try:
+            data = await self._stream.receive_some(RECEIVE_BYTES)
+        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            raise SourceUnavailable(f"connection lost: {exc.__class__.__name__}") from exc
+        if data:
+            self._protocol.receive_data(data)
+        else:
+            self._protocol.receive_eof()
+
+    async def _flush(self) -> None:
+        chunks = self._protocol.data_to_send()
+        if not chunks:
+            return
+        async with self._send_lock:
+            for chunk in chunks:
+                if not chunk:
+                    continue  # EOF marker: the socket is closed in aclose()
+                try:
+                    await self._stream.send_all(chunk)
+                except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                    raise SourceUnavailable(f"connection lost: {exc.__class__.__name__}") from exc
+
+    async def aclose(self) -> None:
+        with trio.move_on_after(CLOSE_TIMEOUT, shield=True):
+            if self._protocol.state is State.OPEN:
+                self._protocol.send_close(1000)
+                with contextlib.suppress(SourceUnavailable):
+                    await self._flush()
+            await self._stream.aclose()
+        await trio.aclose_forcefully(self._stream)
+
+
+class TrioWebsocketTransport:
+    """trio-websocket's client. Text arrives as ``str`` and is re-encoded to bytes."""
+
+    name = "trio-websocket"
+
+    @contextlib.asynccontextmanager
+    async def connect(
+        self, url: str, *, max_message_bytes: int, open_timeout: float
+    ) -> AsyncIterator[Connection]:
+        try:
+            async with trio_websocket.open_websocket_url(
+                url,
+                max_message_size=max_message_bytes,
+                connect_timeout=open_timeout,
+                disconnect_timeout=CLOSE_TIMEOUT,
+            ) as ws:
+                yield _TrioWebsocketConnection(ws)
+        except (
+            OSError,
+            trio.BrokenResourceError,
+            trio_websocket.HandshakeError,
+            trio_websocket.ConnectionClosed,
+            trio_websocket.ConnectionTimeout,
+            trio_websocket.DisconnectionTimeout,
+            WebSocketException,
+            ValueError,
+        ) as exc:
+            raise SourceUnavailable(f"WebSocket failed: {exc.__class__.__name__}") from exc
+
+
+class _TrioWebsocketConnection:
+    def __init__(self, ws: trio_websocket.WebSocketConnection) -> None:
+        self._ws = ws
+        self.binary_messages = 0
+
+    async def send_text(self, text: str) -> None:
+        await self._ws.send_message(text)
+
+    async def ping(self, payload: bytes = b"") -> None:
+        await self._ws.ping(payload or None)
+
+    async def receive_messages(self) -> list[bytes]:
+        while True:
+            message = await self._ws.get_message()
+            if isinstance(message, str):
+                return [message.encode("utf-8", "surrogatepass")]
+            self.binary_messages += 1

@@ -1,0 +1,177 @@
+"""The batching writer actor: records in, committed records (with database ids) out.
+
+It collects records until ``batch_size`` are waiting or the oldest has waited
+``max_age`` seconds, writes them with binary COPY in one transaction, and only after the
+commit hands them to the broadcast hub, so a realtime ``id`` is always a database id.
+
+Error handling:
+
+* PostgreSQL unavailable (:class:`~engine.errors.SinkUnavailable`): the batch is kept and
+  retried with backoff, forever; upstream channels fill and senders block (backpressure).
+* Data refused (``BadMessage("db_rejected")``): the batch is split in halves until the bad
+  records are isolated; they are counted and logged, the rest commits.
+* Retried batches never duplicate: inserts skip records whose (connector, dedup key) is
+  already stored.
+
+Resource handling: the engine owns both channel ends; the writer closes its send end only
+after its receive end is exhausted and the last batch committed.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Sequence
+
+import attrs
+import trio
+
+from .backoff import Backoff
+from .errors import BadMessage, SinkUnavailable
+from .models import Record, StoredRecord
+from .storage import Database
+from .storage.records import insert_records
+
+logger = logging.getLogger(__name__)
+
+
+@attrs.frozen
+class WriterStatistics:
+    batches: int
+    rows_committed: int
+    duplicates_skipped: int
+    rows_rejected: int
+    retries: int
+    pending: int
+    sink_available: bool
+    last_error: str | None
+    last_flush_seconds: float
+    committed_by_connector: dict[str, int]
+    rejected_by_connector: dict[str, int]
+
+
+@attrs.define(eq=False)
+class BatchWriter:
+    db: Database
+    receive_channel: trio.MemoryReceiveChannel[list[Record]]
+    send_channel: trio.MemorySendChannel[list[StoredRecord]]
+    batch_size: int = 2000
+    max_age: float = 0.05
+    batches: int = 0
+    rows_committed: int = 0
+    duplicates_skipped: int = 0
+    rows_rejected: int = 0
+    retries: int = 0
+    sink_available: bool = True
+    last_error: str | None = None
+    last_flush_seconds: float = 0.0
+    _pending: list[Record] = attrs.field(factory=list)
+    _committed: Counter[str] = attrs.field(factory=Counter)
+    _rejected: Counter[str] = attrs.field(factory=Counter)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        # After a crash and restart, flush what the previous attempt still held.
+        if self._pending:
+            await self._flush()
+        open_ = True
+        while open_:
+            if not self._pending:
+                try:
+                    self._pending.extend(await self.receive_channel.receive())
+                except trio.EndOfChannel:
+                    break
+            deadline = trio.current_time() + self.max_age
+            while len(self._pending) < self.batch_size:
+                with trio.move_on_at(deadline):
+                    try:
+                        self._pending.extend(await self.receive_channel.receive())
+                    except trio.EndOfChannel:
+                        open_ = False
+                        break
+                    continue
+                break
+            await self._flush()
+        self.send_channel.close()
+
+    async def _flush(self) -> None:
+        while self._pending:
+            chunk = self._pending[: self.batch_size]
+            by_source: dict[str, list[Record]] = {}
+            for record in chunk:
+                by_source.setdefault(record.source, []).append(record)
+            for records in by_source.values():
+                stored = await self._write(records)
+                if stored:
+                    await self.send_channel.send(stored)
+            del self._pending[: len(chunk)]
+
+    async def _write(self, records: Sequence[Record]) -> list[StoredRecord]:
+        backoff = Backoff(base=0.1, cap=5.0)
+        while True:
+            started = trio.current_time()
+            try:
+                stored, duplicates = await self.db.run(insert_records, records)
+            except SinkUnavailable as exc:
+                self.retries += 1
+                self.last_error = str(exc)
+                if self.sink_available:
+                    logger.error("writer: %s; holding %d records and retrying", exc, len(records))
+                self.sink_available = False
+                await trio.sleep(backoff.next_delay())
+                continue
+            except BadMessage:
+                return await self._isolate(records)
+            if not self.sink_available:
+                logger.info("writer: database available again")
+            self.sink_available = True
+            self.last_flush_seconds = trio.current_time() - started
+            self._count(stored, duplicates)
+            return stored
+
+    async def _isolate(self, records: Sequence[Record]) -> list[StoredRecord]:
+        """Split a refused batch until each bad record stands alone; store the rest."""
+        if len(records) == 1:
+            record = records[0]
+            self.rows_rejected += 1
+            self._rejected[record.connector_id or ""] += 1
+            logger.warning(
+                "writer: database refused a record from connector %s (%s %s)",
+                record.connector_id,
+                record.exchange,
+                record.instrument,
+            )
+            return []
+        middle = len(records) // 2
+        first = await self._write(records[:middle])
+        second = await self._write(records[middle:])
+        return first + second
+
+    def _count(self, stored: list[StoredRecord], duplicates: int) -> None:
+        self.batches += 1
+        self.rows_committed += len(stored)
+        self.duplicates_skipped += duplicates
+        committed = self._committed
+        for item in stored:
+            committed[item.record.connector_id or ""] += 1
+
+    def committed_for(self, connector_id: str) -> int:
+        return self._committed[connector_id]
+
+    def rejected_for(self, connector_id: str) -> int:
+        return self._rejected[connector_id]
+
+    def statistics(self) -> WriterStatistics:
+        return WriterStatistics(
+            batches=self.batches,
+            rows_committed=self.rows_committed,
+            duplicates_skipped=self.duplicates_skipped,
+            rows_rejected=self.rows_rejected,
+            retries=self.retries,
+            pending=len(self._pending),
+            sink_available=self.sink_available,
+            last_error=self.last_error,
+            last_flush_seconds=self.last_flush_seconds,
+            committed_by_connector=dict(self._committed),
+            rejected_by_connector=dict(self._rejected),
+        )

@@ -1,0 +1,1 @@
+"""Sluice server: the Quart-Trio app (REST + realtime WebSocket) and the ``sluice`` CLI."""

@@ -1,0 +1,28 @@
+"""How request handlers reach the engine, and request-body helpers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from quart import current_app, request
+
+from engine.engine import Engine
+
+from .validation import error
+
+ENGINE_KEY = "sluice.engine"
+
+
+def engine() -> Engine:
+    found: Engine = current_app.extensions[ENGINE_KEY]
+    return found
+
+
+async def json_body() -> Any:
+    """The request body parsed as JSON, or a 422 naming ``body``."""
+    raw = await request.get_data(cache=False)
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise error(["body"], "request body is not valid JSON", "json_invalid") from None

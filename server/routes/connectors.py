@@ -1,0 +1,163 @@
+"""``/api/connectors``: create, list, inspect, start and stop connectors, and read the
+records a connector stored."""
+
+from __future__ import annotations
+
+import secrets
+
+from quart import Blueprint, Response, request
+
+from engine.errors import NotFound
+from engine.models import ConnectorSpec, ConnectorStatus
+from engine.sources import detect_exchange, protocol_for
+from engine.storage import connectors as sql
+from engine.storage import queries
+from engine.storage.records import TABLES
+
+from ..context import engine, json_body
+from ..responses import json_response
+from ..schemas import ConnectorCreate, DataQuery, connector_json, record_json, status_json
+from ..validation import error, structure
+
+bp = Blueprint("connectors", __name__)
+
+MAX_LIMIT = 10_000
+MAX_SKIP = 10_000_000
+
+
+@bp.post("/api/connectors")
+async def create_connector() -> Response:
+    body = structure(await json_body(), ConnectorCreate)
+    protocol = protocol_for(body.api_url)
+    if protocol == "rest":
+        raise error(
+            ["body", "api_url"],
+            "REST polling connectors are not available yet; use a ws:// or wss:// URL",
+        )
+    assert protocol is not None  # the schema checked the scheme
+    spec = ConnectorSpec(
+        connector_id="conn_" + secrets.token_hex(8),
+        name=body.name.strip(),
+        api_url=body.api_url,
+        protocol=protocol,
+        exchange=(body.exchange or detect_exchange(body.api_url)).lower(),
+        http_method=body.http_method,
+        headers=body.headers,
+        query_params=body.query_params,
+        auth_type=body.auth_type,
+        polling_interval=body.polling_interval,
+        subscribe_messages=body.subscribe_messages,
+    )
+    stored = await engine().db.run(sql.insert_connector, spec)
+    return json_response(connector_json(stored, "inactive"), 201)
+
+
+@bp.get("/api/connectors")
+async def list_connectors() -> Response:
+    db = engine().db
+    specs = await db.run(sql.list_connectors)
+    stored = await db.run(sql.status_names)
+    data = [connector_json(s, _status_word(s.connector_id, stored)) for s in specs]
+    return json_response({"data": data, "count": len(data)})
+
+
+@bp.get("/api/connectors/<connector_id>")
+async def get_connector(connector_id: str) -> Response:
+    spec = await _spec(connector_id)
+    stored = await engine().db.run(sql.status_names)
+    return json_response(connector_json(spec, _status_word(connector_id, stored)))
+
+
+@bp.post("/api/connectors/<connector_id>/start")
+async def start_connector(connector_id: str) -> Response:
+    status = await engine().manager.start(connector_id)
+    word = "running" if status.status in ("connecting", "reconnecting") else status.status
+    return json_response({"connector_id": connector_id, "status": word})
+
+
+@bp.post("/api/connectors/<connector_id>/stop")
+async def stop_connector(connector_id: str) -> Response:
+    await engine().manager.stop(connector_id)
+    return json_response({"connector_id": connector_id, "status": "stopped"})
+
+
+@bp.get("/api/connectors/<connector_id>/status")
+async def connector_status(connector_id: str) -> Response:
+    return json_response(status_json(await _status(connector_id)))
+
+
+@bp.get("/api/connectors/<connector_id>/data")
+async def connector_data(connector_id: str) -> Response:
+    query = _data_query()
+    spec = await _spec(connector_id)
+    rows = await engine().db.run(
+        queries.connector_records,
+        table=TABLES[spec.protocol],
+        connector_id=connector_id,
+        limit=query.limit,
+        skip=query.skip,
+        sort_by=query.sort_by,
+        descending=query.sort_order == -1,
+    )
+    data = [record_json(row) for row in rows]
+    return json_response(
+        {"data": data, "count": len(data), "limit": query.limit, "skip": query.skip}
+    )
+
+
+async def _spec(connector_id: str) -> ConnectorSpec:
+    spec = await engine().db.run(sql.get_connector, connector_id)
+    if spec is None:
+        raise NotFound(f"connector {connector_id} not found")
+    return spec
+
+
+async def _status(connector_id: str) -> ConnectorStatus:
+    manager = engine().manager
+    if connector_id in manager.known():
+        if await engine().db.run(sql.get_connector, connector_id) is None:
+            raise NotFound(f"connector {connector_id} not found")
+        return manager.status(connector_id)
+    status = await engine().db.run(sql.get_status, connector_id)
+    if status is None:
+        raise NotFound(f"connector {connector_id} not found")
+    return status
+
+
+def _status_word(connector_id: str, stored: dict[str, str]) -> str:
+    manager = engine().manager
+    if connector_id in manager.known():
+        return manager.status(connector_id).status
+    return stored.get(connector_id, "inactive")
+
+
+def _int_arg(name: str, default: int, lo: int, hi: int) -> int:
+    raw = request.args.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise error(["query", name], "must be an integer", "type_error") from None
+    if not lo <= value <= hi:
+        raise error(["query", name], f"must be between {lo} and {hi}")
+    return value
+
+
+def _data_query() -> DataQuery:
+    allowed = {"limit", "skip", "sort_by", "sort_order"}
+    for name in request.args:
+        if name not in allowed:
+            raise error(["query", name], "unknown query parameter", "extra_forbidden")
+    sort_by = request.args.get("sort_by") or "timestamp"
+    if sort_by not in queries.SORTABLE:
+        raise error(["query", "sort_by"], f"must be one of {sorted(queries.SORTABLE)}")
+    sort_order = _int_arg("sort_order", -1, -1, 1)
+    if sort_order == 0:
+        raise error(["query", "sort_order"], "must be -1 (descending) or 1 (ascending)")
+    return DataQuery(
+        limit=_int_arg("limit", 100, 1, MAX_LIMIT),
+        skip=_int_arg("skip", 0, 0, MAX_SKIP),
+        sort_by=sort_by,
+        sort_order=sort_order,
+    )

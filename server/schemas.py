@@ -1,0 +1,130 @@
+"""Request bodies and query parameters as attrs classes, and the JSON shapes of responses.
+
+Wire field names are decided here and only here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlsplit
+
+import attrs
+import orjson
+
+from engine.models import ConnectorSpec, ConnectorStatus
+from engine.sources import protocol_for
+
+from .validation import check
+
+HTTP_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
+AUTH_TYPES = ("None", "API_KEY", "BEARER", "BASIC", "HMAC")
+MAX_SUBSCRIBE_MESSAGES = 100
+MAX_SUBSCRIBE_BYTES = 64 * 1024
+MASK = "****"
+
+
+def _valid_url(url: str) -> bool:
+    if len(url) > 2048 or any(c.isspace() for c in url):
+        return False
+    parts = urlsplit(url)
+    return protocol_for(url) is not None and bool(parts.hostname)
+
+
+def _small_json_list(value: list[Any]) -> bool:
+    return len(value) <= MAX_SUBSCRIBE_MESSAGES and all(
+        len(orjson.dumps(v)) <= MAX_SUBSCRIBE_BYTES for v in value
+    )
+
+
+@attrs.frozen
+class ConnectorCreate:
+    """Body of ``POST /api/connectors``."""
+
+    name: str = attrs.field(
+        validator=check(lambda v: 0 < len(v.strip()) <= 200, "must be 1 to 200 characters")
+    )
+    api_url: str = attrs.field(
+        validator=check(_valid_url, "must be a ws://, wss://, http:// or https:// URL with a host")
+    )
+    http_method: str = attrs.field(
+        default="GET",
+        validator=check(lambda v: v in HTTP_METHODS, f"must be one of {HTTP_METHODS}"),
+    )
+    headers: dict[str, str] = attrs.field(
+        factory=dict, validator=check(lambda v: len(v) <= 50, "at most 50 headers")
+    )
+    query_params: dict[str, str] = attrs.field(
+        factory=dict, validator=check(lambda v: len(v) <= 50, "at most 50 query parameters")
+    )
+    auth_type: str = attrs.field(
+        default="None", validator=check(lambda v: v in AUTH_TYPES, f"must be one of {AUTH_TYPES}")
+    )
+    polling_interval: int = attrs.field(
+        default=1000,
+        validator=check(lambda v: 100 <= v <= 86_400_000, "must be 100 to 86400000 milliseconds"),
+    )
+    subscribe_messages: list[Any] = attrs.field(
+        factory=list,
+        validator=check(
+            _small_json_list,
+            f"at most {MAX_SUBSCRIBE_MESSAGES} messages of at most {MAX_SUBSCRIBE_BYTES} bytes",
+        ),
+    )
+    exchange: str | None = attrs.field(
+        default=None,
+        validator=check(
+            lambda v: v is None or (0 < len(v) <= 50 and v.replace("_", "").isalnum()),
+            "must be 1 to 50 letters, digits or underscores",
+        ),
+    )
+
+
+@attrs.frozen
+class DataQuery:
+    """Query parameters of ``GET /api/connectors/{id}/data``."""
+
+    limit: int = 100
+    skip: int = 0
+    sort_by: str = "timestamp"
+    sort_order: int = -1
+
+
+def connector_json(spec: ConnectorSpec, status: str) -> dict[str, Any]:
+    return {
+        "connector_id": spec.connector_id,
+        "name": spec.name,
+        "api_url": spec.api_url,
+        "protocol": spec.protocol,
+        "exchange": spec.exchange,
+        "http_method": spec.http_method,
+        "headers": {k: MASK for k in spec.headers},
+        "query_params": {k: MASK for k in spec.query_params},
+        "auth_type": spec.auth_type,
+        "polling_interval": spec.polling_interval,
+        "subscribe_messages": spec.subscribe_messages,
+        "status": status,
+        "created_at": spec.created_at,
+        "updated_at": spec.updated_at,
+    }
+
+
+def status_json(status: ConnectorStatus) -> dict[str, Any]:
+    return attrs.asdict(status)
+
+
+def record_json(row: dict[str, Any]) -> dict[str, Any]:
+    """A stored record row (``data`` selected as JSON text) as the API shows it."""
+    price, size = row["price"], row["size"]
+    return {
+        "id": row["id"],
+        "connector_id": row["connector_id"],
+        "timestamp": row["timestamp"],
+        "received_at": row["received_at"],
+        "exchange": row["exchange"],
+        "instrument": row["instrument"],
+        "price": None if price is None else str(price),
+        "size": None if size is None else str(size),
+        "side": row["side"],
+        "message_type": row["message_type"],
+        "data": orjson.Fragment(row["data"]),
+    }

@@ -1,0 +1,92 @@
+"""The composition root of ``sluice serve``: engine and web server in one nursery.
+
+Startup: the engine (storage → writer → hub → processor → connectors) reports ready, then
+hypercorn binds and serves the app. Shutdown on SIGINT/SIGTERM: the engine drains first
+(connectors stop, the last batch commits, subscribers are closed with 1001) while the
+server still answers, then hypercorn closes gracefully. A second signal cancels at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+from functools import partial
+
+import attrs
+import hypercorn.config
+import hypercorn.trio
+import trio
+
+from engine.config import Settings
+from engine.engine import Engine
+
+from .app import create_app
+
+logger = logging.getLogger(__name__)
+
+
+@attrs.frozen
+class Service:
+    """A running server: its engine and the URLs it listens on."""
+
+    engine: Engine
+    urls: list[str]
+
+    @property
+    def url(self) -> str:
+        return self.urls[0]
+
+    def stop(self) -> None:
+        self.engine.request_stop()
+
+
+def hypercorn_config(settings: Settings) -> hypercorn.config.Config:
+    config = hypercorn.config.Config()
+    host = f"[{settings.host}]" if ":" in settings.host else settings.host
+    config.bind = [f"{host}:{settings.port}"]
+    config.accesslog = None
+    config.errorlog = logging.getLogger("hypercorn.error")
+    config.graceful_timeout = 5.0
+    config.websocket_ping_interval = 20.0
+    return config
+
+
+async def serve(
+    settings: Settings,
+    *,
+    handle_signals: bool = True,
+    task_status: trio.TaskStatus[Service] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run engine and server until a signal (or :meth:`Service.stop`), then drain and exit."""
+    engine = Engine(settings)
+    server_stop = trio.Event()
+    async with trio.open_nursery() as nursery:
+        if handle_signals:
+            nursery.start_soon(_watch_signals, engine, nursery.cancel_scope)
+        await nursery.start(engine.run)
+        app = create_app(engine)
+        urls = await nursery.start(
+            partial(
+                hypercorn.trio.serve,
+                app,
+                hypercorn_config(settings),
+                shutdown_trigger=server_stop.wait,
+            )
+        )
+        for url in urls:
+            logger.info("Sluice listening on %s", url)
+        task_status.started(Service(engine, list(urls)))
+        await engine.stopped.wait()
+        server_stop.set()
+    logger.info("Sluice stopped")
+
+
+async def _watch_signals(engine: Engine, scope: trio.CancelScope) -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for signum in signals:
+            if engine._stop.is_set():
+                logger.warning("second signal: stopping without draining")
+                scope.cancel()
+                return
+            logger.info("%s received: draining", signal.Signals(signum).name)
+            engine.request_stop()

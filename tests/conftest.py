@@ -1,0 +1,76 @@
+"""Shared fixtures.
+
+Test policy (after trio-websocket's): pure logic is tested as plain functions; time logic
+under ``autojump_clock`` with exact ``trio.current_time()`` values; anything that touches
+PostgreSQL runs against a real server in real time — an external one when ``POSTGRES_DSN``
+or ``POSTGRES_HOST`` is set, otherwise the embedded one, started once per session. Each
+test that needs a database gets a fresh one, dropped afterwards. Network tests use only
+loopback. Tests that wait on the network or the database wrap their body in
+``trio.fail_after`` so a hang fails instead of stalling the suite.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+import attrs
+import psycopg
+import pytest
+from psycopg import sql
+
+from engine.config import Settings
+from engine.storage.embedded import embedded_postgres
+
+
+@pytest.fixture(scope="session")
+def admin_dsn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A maintenance DSN for the server the tests use."""
+    configured = Settings.from_env().postgres_dsn
+    if configured is not None:
+        yield psycopg.conninfo.make_conninfo(configured, dbname="postgres")
+        return
+    with embedded_postgres(tmp_path_factory.mktemp("pg"), database="postgres") as dsn:
+        yield dsn
+
+
+@pytest.fixture
+def database_dsn(admin_dsn: str) -> Iterator[str]:
+    """A fresh, empty database for one test."""
+    name = f"sluice_test_{secrets.token_hex(6)}"
+    with psycopg.connect(admin_dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    try:
+        yield psycopg.conninfo.make_conninfo(admin_dsn, dbname=name)
+    finally:
+        with psycopg.connect(admin_dsn, autocommit=True) as conn:
+            conn.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
+
+
+@pytest.fixture
+def settings(database_dsn: str, tmp_path: Path) -> Settings:
+    return Settings(
+        postgres_dsn=database_dsn,
+        port=0,
+        data_dir=tmp_path / "data",
+        pool_min=1,
+        pool_max=4,
+        batch_max_age=0.01,
+        drain_timeout=10.0,
+    )
+
+
+def evolve(settings: Settings, **changes: object) -> Settings:
+    return attrs.evolve(settings, **changes)  # type: ignore[misc]
+
+
+@pytest.fixture(autouse=True)
+def _no_proxy_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    # httpx honours proxy variables; tests talk to loopback only.
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    os.environ.setdefault("NO_PROXY", "127.0.0.1,localhost,::1")

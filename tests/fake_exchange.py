@@ -1,0 +1,105 @@
+"""A local fake exchange for tests: a trio-websocket server on loopback that speaks a
+little Binance and OKX.
+
+``/binance``: sends ``count`` raw trade events (trade ids ``start``…), then keeps the
+connection open. ``/okx``: waits for a subscribe message, answers with the OKX ack, then
+sends trades in messages of ``per_message`` trades each. Every connection is recorded
+with the messages the client sent.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import parse_qs, urlsplit
+
+import attrs
+import orjson
+import trio
+import trio_websocket
+
+
+def binance_trade(trade_id: int, symbol: str = "BTCUSDT") -> bytes:
+    return orjson.dumps(
+        {
+            "e": "trade",
+            "E": 1700000000000 + trade_id,
+            "s": symbol,
+            "t": trade_id,
+            "p": f"{40000 + trade_id % 1000}.{trade_id % 100:02d}",
+            "q": "0.00100000",
+            "T": 1700000000000 + trade_id,
+            "m": trade_id % 2 == 0,
+            "M": True,
+        }
+    )
+
+
+def okx_trades(first_id: int, n: int, inst: str = "BTC-USDT") -> bytes:
+    data = [
+        {
+            "instId": inst,
+            "tradeId": str(first_id + i),
+            "px": f"{42000 + (first_id + i) % 500}.5",
+            "sz": "0.01",
+            "side": "buy" if (first_id + i) % 3 else "sell",
+            "ts": str(1700000000000 + first_id + i),
+            "count": "1",
+        }
+        for i in range(n)
+    ]
+    return orjson.dumps({"arg": {"channel": "trades", "instId": inst}, "data": data})
+
+
+@attrs.define
+class FakeExchange:
+    port: int = 0
+    connections: int = 0
+    received: list[str] = attrs.field(factory=list)
+
+    def url(self, path: str) -> str:
+        return f"ws://127.0.0.1:{self.port}{path}"
+
+    async def run(
+        self, *, task_status: trio.TaskStatus[FakeExchange] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        async with trio.open_nursery() as nursery:
+            server = await nursery.start(
+                trio_websocket.serve_websocket, self._handle, "127.0.0.1", 0, None
+            )
+            self.port = server.port
+            task_status.started(self)
+
+    async def _handle(self, request: trio_websocket.WebSocketRequest) -> None:
+        ws = await request.accept()
+        self.connections += 1
+        parts = urlsplit(request.path)
+        query = {k: v[0] for k, v in parse_qs(parts.query).items()}
+        count = int(query.get("count", "100"))
+        start = int(query.get("start", "1"))
+        try:
+            if parts.path == "/binance":
+                for trade_id in range(start, start + count):
+                    await ws.send_message(binance_trade(trade_id).decode())
+            elif parts.path == "/okx":
+                subscribe = await ws.get_message()
+                self.received.append(str(subscribe))
+                request_arg = orjson.loads(subscribe)["args"][0]
+                await ws.send_message(
+                    orjson.dumps(
+                        {"event": "subscribe", "arg": request_arg, "connId": "x1"}
+                    ).decode()
+                )
+                per = int(query.get("per_message", "5"))
+                for first in range(start, start + count, per):
+                    n = min(per, start + count - first)
+                    await ws.send_message(okx_trades(first, n).decode())
+            elif parts.path == "/close-after":
+                # Sends `count` Binance trades then closes: the client must reconnect.
+                message = await ws.get_message()
+                self.received.append(str(message))
+                for trade_id in range(start, start + count):
+                    await ws.send_message(binance_trade(trade_id).decode())
+                await ws.aclose()
+                return
+            await trio.sleep_forever()
+        except trio_websocket.ConnectionClosed:
+            pass

@@ -1,0 +1,130 @@
+"""End to end: a fake exchange → Sluice (whole server on port 0) → PostgreSQL → realtime.
+
+Checks the main promise: every trade id from the feed is stored exactly once and arrives
+on ``/api/realtime`` with its database id.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from functools import partial
+
+import httpx
+import orjson
+import psycopg
+import pytest
+import trio
+import trio_websocket
+
+from engine.config import Settings
+from server.serve import Service, serve
+
+from .fake_exchange import FakeExchange
+
+pytestmark = pytest.mark.e2e
+
+BINANCE_TRADES = 5000
+OKX_TRADES = 2500
+
+
+@pytest.fixture
+async def exchange(nursery: trio.Nursery) -> FakeExchange:
+    fake: FakeExchange = await nursery.start(FakeExchange().run)
+    return fake
+
+
+@pytest.fixture
+async def service(nursery: trio.Nursery, settings: Settings) -> AsyncIterator[Service]:
+    running: Service = await nursery.start(partial(serve, settings, handle_signals=False))
+    yield running
+    running.stop()
+    with trio.fail_after(30):
+        await running.engine.stopped.wait()
+
+
+async def create_and_start(client: httpx.AsyncClient, body: dict[str, object]) -> str:
+    response = await client.post("/api/connectors", json=body)
+    assert response.status_code == 201, response.text
+    connector_id: str = response.json()["connector_id"]
+    started = await client.post(f"/api/connectors/{connector_id}/start")
+    assert started.status_code == 200
+    assert started.json() == {"connector_id": connector_id, "status": "running"}
+    return connector_id
+
+
+def stored_trade_ids(dsn: str, connector_id: str, id_path: str) -> list[tuple[int, str]]:
+    with psycopg.connect(dsn) as conn:
+        rows = conn.execute(
+            f"SELECT id, data->>'{id_path}' FROM websocket_messages WHERE connector_id = %s",
+            (connector_id,),
+        ).fetchall()
+    return [(row[0], row[1]) for row in rows]
+
+
+async def test_feed_is_stored_once_and_broadcast_with_database_ids(
+    exchange: FakeExchange, service: Service, database_dsn: str
+) -> None:
+    realtime: dict[int, dict[str, object]] = {}
+    ws_url = service.url.replace("http://", "ws://") + "/api/realtime"
+    with trio.fail_after(60):
+        async with (
+            httpx.AsyncClient(base_url=service.url) as client,
+            trio_websocket.open_websocket_url(ws_url) as ws,
+        ):
+            hello = orjson.loads(await ws.get_message())
+            assert hello == {"type": "connected"}
+            binance = await create_and_start(
+                client,
+                {
+                    "name": "binance",
+                    "api_url": exchange.url(f"/binance?count={BINANCE_TRADES}"),
+                    "exchange": "binance",
+                },
+            )
+            okx = await create_and_start(
+                client,
+                {
+                    "name": "okx",
+                    "api_url": exchange.url(f"/okx?count={OKX_TRADES}&per_message=7"),
+                    "exchange": "okx",
+                    "subscribe_messages": [
+                        {"op": "subscribe", "args": [{"channel": "trades", "instId": "BTC-USDT"}]}
+                    ],
+                },
+            )
+            while len(realtime) < BINANCE_TRADES + OKX_TRADES:
+                event = orjson.loads(await ws.get_message())
+                assert event["type"] == "data_update"
+                assert event["id"] not in realtime, "a record was broadcast twice"
+                realtime[event["id"]] = event
+
+            status = (await client.get(f"/api/connectors/{binance}/status")).json()
+            assert status["status"] == "running"
+            assert status["messages_received"] == BINANCE_TRADES
+            assert status["records_stored"] == BINANCE_TRADES
+            okx_status = (await client.get(f"/api/connectors/{okx}/status")).json()
+            assert okx_status["control_messages"] == 1  # the subscribe ack, not stored
+            assert okx_status["records_stored"] == OKX_TRADES
+
+            page = (await client.get(f"/api/connectors/{binance}/data?limit=5")).json()
+            assert page["count"] == 5
+            assert page["limit"] == 5
+            assert page["skip"] == 0
+            newest = page["data"][0]
+            assert newest["data"]["t"] == BINANCE_TRADES  # newest first by source time
+            assert newest["price"] == newest["data"]["p"]  # exact digits, no float rounding
+
+    stored_binance = stored_trade_ids(database_dsn, binance, "t")
+    assert sorted(int(t) for _, t in stored_binance) == list(range(1, BINANCE_TRADES + 1))
+    stored_okx = stored_trade_ids(database_dsn, okx, "tradeId")
+    assert sorted(int(t) for _, t in stored_okx) == list(range(1, OKX_TRADES + 1))
+
+    # Every stored record arrived on /api/realtime under its database id.
+    for db_id, trade_id in stored_binance:
+        event = realtime[db_id]
+        assert event["connector_id"] == binance
+        assert str(event["data"]["t"]) == trade_id  # type: ignore[index]
+    for db_id, trade_id in stored_okx:
+        assert realtime[db_id]["data"]["tradeId"] == trade_id  # type: ignore[index]
+    assert exchange.received
+    assert orjson.loads(exchange.received[0])["op"] == "subscribe"
