@@ -38,6 +38,7 @@ class Settings:
     drain_timeout: float = 10.0
     max_frame_bytes: int = 4 * 1024 * 1024
     connector_buffer_bytes: int = 64 * 1024 * 1024
+    realtime_max_lag: int = 20_000
 
     @property
     def embedded(self) -> bool:
@@ -69,6 +70,7 @@ class Settings:
             connector_buffer_bytes=_int(
                 env, "SLUICE_CONNECTOR_BUFFER_BYTES", 64 * 1024 * 1024, 1024, 2**34
             ),
+            realtime_max_lag=_int(env, "SLUICE_REALTIME_MAX_LAG", 20_000, 1, 10_000_000),
         )
 
 

@@ -100,7 +100,7 @@ class Engine:
         writer = self._writer = BatchWriter(
             db, rec_recv, out_send, batch_size=s.batch_size, max_age=s.batch_max_age
         )
-        hub = self._hub = BroadcastHub(out_recv)
+        hub = self._hub = BroadcastHub(out_recv, max_lag=s.realtime_max_lag)
         processor = self._processor = Processor(raw_recv, rec_send)
         manager = self._manager = ConnectorManager(
             db,

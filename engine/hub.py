@@ -1,9 +1,11 @@
 """The broadcast hub actor: committed records out to realtime subscribers.
 
-Each record is serialized once, whatever the number of subscribers. Every subscriber has
-its own small bounded queue, filled with ``send_nowait``: the hub never waits for a
-subscriber. One whose queue is full is *lagged*: its queue is closed, the subscription
-records why, and the web handler tells the client and disconnects it.
+Each record is serialized once, whatever the number of subscribers: subscribers share the
+same frame strings. Every subscriber has its own bounded queue, filled with
+``send_nowait``: the hub never waits for a subscriber. The bound is ``max_lag`` records
+(frames waiting, however they are batched). A subscriber past it is *lagged*: its queue is
+closed, the subscription records why, and the web handler tells the client and
+disconnects it.
 
 Resource handling: :meth:`subscribe` is a plain context manager, so a subscription is
 released even when the web framework cancels the handler. When the hub's input ends
@@ -25,7 +27,9 @@ from .models import StoredRecord
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_QUEUE_BATCHES = 64
+DEFAULT_MAX_LAG = 20_000
+# The channel only holds references to shared batches; the record budget is the real bound.
+QUEUE_BATCHES = 4096
 
 
 def record_event(item: StoredRecord) -> dict[str, Any]:
@@ -53,12 +57,27 @@ def encode_event(item: StoredRecord) -> str:
 
 @attrs.define(eq=False)
 class Subscription:
-    """One subscriber's end: batches of encoded ``data_update`` frames (JSON text)."""
+    """One subscriber's end: batches of encoded ``data_update`` frames (JSON text).
 
-    receive_channel: trio.MemoryReceiveChannel[list[str]]
+    Iterate it (``async for frames in subscription``) until the hub closes it;
+    ``closed_reason`` then says why (``lagged`` or ``shutdown``).
+    """
+
+    _receive: trio.MemoryReceiveChannel[list[str]]
     _send: trio.MemorySendChannel[list[str]]
     closed_reason: str | None = None
-    delivered: int = 0
+    queued: int = 0
+
+    def __aiter__(self) -> Subscription:
+        return self
+
+    async def __anext__(self) -> list[str]:
+        try:
+            batch = await self._receive.receive()
+        except (trio.EndOfChannel, trio.ClosedResourceError):
+            raise StopAsyncIteration from None
+        self.queued -= len(batch)
+        return batch
 
 
 @attrs.frozen
@@ -73,7 +92,7 @@ class HubStatistics:
 @attrs.define(eq=False)
 class BroadcastHub:
     receive_channel: trio.MemoryReceiveChannel[list[StoredRecord]]
-    queue_batches: int = DEFAULT_QUEUE_BATCHES
+    max_lag: int = DEFAULT_MAX_LAG
     batches_in: int = 0
     records_in: int = 0
     frames_encoded: int = 0
@@ -82,7 +101,7 @@ class BroadcastHub:
 
     @contextlib.contextmanager
     def subscribe(self) -> Iterator[Subscription]:
-        send, receive = trio.open_memory_channel[list[str]](self.queue_batches)
+        send, receive = trio.open_memory_channel[list[str]](QUEUE_BATCHES)
         sub = Subscription(receive, send)
         self._subscribers.add(sub)
         try:
@@ -108,7 +127,10 @@ class BroadcastHub:
         self.frames_encoded += len(frames)
         for sub in list(self._subscribers):
             try:
+                if sub.queued + len(frames) > self.max_lag:
+                    raise trio.WouldBlock
                 sub._send.send_nowait(frames)
+                sub.queued += len(frames)
             except trio.WouldBlock:
                 self.lagged_disconnects += 1
                 logger.warning("realtime subscriber lagged behind; disconnecting it")

@@ -65,7 +65,7 @@ class Supervisor:
                 self.state = "stopped"
                 return
             except Exception as exc:
-                self.last_error = f"{type(exc).__name__}: {exc}"
+                self.last_error = describe(exc)
                 logger.exception("actor %s crashed", self.name)
                 now = trio.current_time()
                 self._recent.append(now)
@@ -90,3 +90,10 @@ class Supervisor:
 
     def statistics(self) -> SupervisorStatistics:
         return SupervisorStatistics(self.name, self.state, self.restarts, self.last_error)
+
+
+def describe(exc: BaseException) -> str:
+    """One line naming the leaf exceptions of ``exc`` (groups from nurseries unwrapped)."""
+    if isinstance(exc, BaseExceptionGroup):
+        return "; ".join(describe(sub) for sub in exc.exceptions)
+    return f"{type(exc).__name__}: {exc}"

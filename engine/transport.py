@@ -149,9 +149,13 @@ class _SansIOConnection:
             messages = self._take_messages()
             if messages:
                 return messages
-            if self._protocol.state is State.CLOSED or self._protocol.close_rcvd is not None:
-                exc = self._protocol.close_exc
-                raise SourceUnavailable(f"connection closed: {exc}") from exc
+            protocol = self._protocol
+            if protocol.close_rcvd is not None:
+                close = protocol.close_rcvd
+                raise SourceUnavailable(f"closed by the source: {close.code} {close.reason}")
+            if protocol.state is State.CLOSED or protocol.parser_exc is not None:
+                cause = protocol.parser_exc
+                raise SourceUnavailable(f"connection failed: {cause or 'closed'}") from cause
             await self._read()
             await self._flush()  # pongs and close replies queued by the protocol
             self._events = self._protocol.events_received()
@@ -231,7 +235,12 @@ class TrioWebsocketTransport:
                 connect_timeout=open_timeout,
                 disconnect_timeout=CLOSE_TIMEOUT,
             ) as ws:
-                yield _TrioWebsocketConnection(ws)
+                try:
+                    yield _TrioWebsocketConnection(ws)
+                finally:
+                    # trio-websocket 0.12 leaves the client socket open when the server
+                    # closes first; close it ourselves so reconnect loops leak no fds.
+                    await trio.aclose_forcefully(ws._stream)
         except (
             OSError,
             trio.BrokenResourceError,
@@ -251,14 +260,23 @@ class _TrioWebsocketConnection:
         self.binary_messages = 0
 
     async def send_text(self, text: str) -> None:
-        await self._ws.send_message(text)
+        try:
+            await self._ws.send_message(text)
+        except trio_websocket.ConnectionClosed as exc:
+            raise SourceUnavailable(f"closed by the source: {exc.reason}") from exc
 
     async def ping(self, payload: bytes = b"") -> None:
-        await self._ws.ping(payload or None)
+        try:
+            await self._ws.ping(payload or None)
+        except trio_websocket.ConnectionClosed as exc:
+            raise SourceUnavailable(f"closed by the source: {exc.reason}") from exc
 
     async def receive_messages(self) -> list[bytes]:
         while True:
-            message = await self._ws.get_message()
+            try:
+                message = await self._ws.get_message()
+            except trio_websocket.ConnectionClosed as exc:
+                raise SourceUnavailable(f"closed by the source: {exc.reason}") from exc
             if isinstance(message, str):
                 return [message.encode("utf-8", "surrogatepass")]
             self.binary_messages += 1

@@ -16,6 +16,7 @@ import attrs
 import hypercorn.config
 import hypercorn.trio
 import trio
+from quart_trio import QuartTrio
 
 from engine.config import Settings
 from engine.engine import Engine
@@ -65,20 +66,32 @@ async def serve(
             nursery.start_soon(_watch_signals, engine, nursery.cancel_scope)
         await nursery.start(engine.run)
         app = create_app(engine)
+        server_done = trio.Event()
         urls = await nursery.start(
-            partial(
-                hypercorn.trio.serve,
-                app,
-                hypercorn_config(settings),
-                shutdown_trigger=server_stop.wait,
-            )
+            partial(_serve_http, app, hypercorn_config(settings), server_stop, server_done)
         )
         for url in urls:
             logger.info("Sluice listening on %s", url)
         task_status.started(Service(engine, list(urls)))
         await engine.stopped.wait()
         server_stop.set()
+        await server_done.wait()
+        nursery.cancel_scope.cancel()  # only the signal watcher is left
     logger.info("Sluice stopped")
+
+
+async def _serve_http(
+    app: QuartTrio,
+    config: hypercorn.config.Config,
+    stop: trio.Event,
+    done: trio.Event,
+    *,
+    task_status: trio.TaskStatus[list[str]],
+) -> None:
+    try:
+        await hypercorn.trio.serve(app, config, shutdown_trigger=stop.wait, task_status=task_status)
+    finally:
+        done.set()
 
 
 async def _watch_signals(engine: Engine, scope: trio.CancelScope) -> None:

@@ -8,7 +8,7 @@ service expect::
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from typing import Any, TypeVar
+from typing import Any, TypeVar, get_args, get_origin
 
 import cattrs
 from cattrs.errors import (
@@ -84,10 +84,25 @@ def _mapping_hook(value: Any, type_: Any) -> Any:
     return {converter.structure(k, str): converter.structure(v, str) for k, v in value.items()}
 
 
+def _is_list(type_: Any) -> bool:
+    return get_origin(type_) is list
+
+
+def _list_hook(value: Any, type_: Any) -> Any:
+    # cattrs would iterate any iterable (an object's keys, a string's characters).
+    if not isinstance(value, list):
+        raise TypeError(f"expected array, got {_json_type(value)}")
+    (item_type,) = get_args(type_) or (Any,)
+    if item_type is Any:
+        return list(value)
+    return [converter.structure(item, item_type) for item in value]
+
+
 converter = cattrs.Converter(forbid_extra_keys=True, detailed_validation=True)
 for _t in (str, int, float, bool):
     converter.register_structure_hook(_t, _strict(_t))
 converter.register_structure_hook_func(lambda t: t == dict[str, str], _mapping_hook)
+converter.register_structure_hook_func(_is_list, _list_hook)
 
 
 def structure(data: Any, cls: type[T], *, where: str = "body") -> T:

@@ -13,16 +13,21 @@ from __future__ import annotations
 
 import os
 import secrets
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from functools import partial
 from pathlib import Path
 
 import attrs
 import psycopg
 import pytest
+import trio
 from psycopg import sql
 
 from engine.config import Settings
 from engine.storage.embedded import embedded_postgres
+from server.serve import Service, serve
+
+from .fake_exchange import FakeExchange
 
 
 @pytest.fixture(scope="session")
@@ -74,3 +79,20 @@ def _no_proxy_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy"):
         monkeypatch.delenv(name, raising=False)
     os.environ.setdefault("NO_PROXY", "127.0.0.1,localhost,::1")
+
+
+@pytest.fixture
+async def exchange(nursery: trio.Nursery) -> FakeExchange:
+    """The local fake exchange (see ``fake_exchange``), on a free loopback port."""
+    fake: FakeExchange = await nursery.start(FakeExchange().run)
+    return fake
+
+
+@pytest.fixture
+async def service(nursery: trio.Nursery, settings: Settings) -> AsyncIterator[Service]:
+    """The whole server (engine + hypercorn) on port 0, drained at the end of the test."""
+    running: Service = await nursery.start(partial(serve, settings, handle_signals=False))
+    yield running
+    running.stop()
+    with trio.fail_after(30):
+        await running.engine.stopped.wait()

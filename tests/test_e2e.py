@@ -6,9 +6,6 @@ on ``/api/realtime`` with its database id.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from functools import partial
-
 import httpx
 import orjson
 import psycopg
@@ -16,8 +13,7 @@ import pytest
 import trio
 import trio_websocket
 
-from engine.config import Settings
-from server.serve import Service, serve
+from server.serve import Service
 
 from .fake_exchange import FakeExchange
 
@@ -25,21 +21,6 @@ pytestmark = pytest.mark.e2e
 
 BINANCE_TRADES = 5000
 OKX_TRADES = 2500
-
-
-@pytest.fixture
-async def exchange(nursery: trio.Nursery) -> FakeExchange:
-    fake: FakeExchange = await nursery.start(FakeExchange().run)
-    return fake
-
-
-@pytest.fixture
-async def service(nursery: trio.Nursery, settings: Settings) -> AsyncIterator[Service]:
-    running: Service = await nursery.start(partial(serve, settings, handle_signals=False))
-    yield running
-    running.stop()
-    with trio.fail_after(30):
-        await running.engine.stopped.wait()
 
 
 async def create_and_start(client: httpx.AsyncClient, body: dict[str, object]) -> str:

@@ -25,7 +25,7 @@ async def realtime() -> None:
     await websocket.accept()
     with hub.subscribe() as sub:
         await websocket.send(orjson.dumps({"type": "connected"}).decode())
-        async for frames in sub.receive_channel:
+        async for frames in sub:
             for frame in frames:
                 await websocket.send(frame)
         reason = sub.closed_reason

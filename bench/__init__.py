@@ -1,0 +1,1 @@
+"""Sluice benchmarks (issue #6). Run with ``just bench``."""

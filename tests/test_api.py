@@ -1,0 +1,234 @@
+"""The REST contract: shapes, validation errors naming the field, 404s, CORS, 503."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from functools import partial
+
+import httpx
+import psycopg
+import pytest
+import trio
+import trio_websocket
+
+from engine.config import Settings
+from server.serve import Service, serve
+
+from .conftest import evolve
+from .fake_exchange import FakeExchange
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture
+async def client(service: Service) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=service.url) as http:
+        yield http
+
+
+async def test_create_connector_returns_the_contract_shape(client: httpx.AsyncClient) -> None:
+    body = {
+        "name": "OKX BTC",
+        "api_url": "wss://ws.okx.com:8443/ws/v5/public",
+        "headers": {"X-Api-Key": "s3cr3t"},
+        "subscribe_messages": [{"op": "subscribe", "args": []}],
+    }
+    response = await client.post("/api/connectors", json=body)
+    assert response.status_code == 201
+    created = response.json()
+    assert created["connector_id"].startswith("conn_")
+    assert created["protocol"] == "websocket"
+    assert created["exchange"] == "okx"
+    assert created["status"] == "inactive"
+    assert created["http_method"] == "GET"
+    assert created["auth_type"] == "None"
+    assert created["polling_interval"] == 1000
+    assert created["subscribe_messages"] == body["subscribe_messages"]
+    assert created["headers"] == {"X-Api-Key": "****"}  # values are never echoed
+    assert created["created_at"] == created["updated_at"]
+
+    listed = (await client.get("/api/connectors")).json()
+    assert listed["count"] == 1
+    assert listed["data"] == [created]
+    assert (await client.get(f"/api/connectors/{created['connector_id']}")).json() == created
+    status = (await client.get(f"/api/connectors/{created['connector_id']}/status")).json()
+    assert status["status"] == "inactive"
+    assert status["messages_received"] == 0
+
+
+@pytest.mark.parametrize(
+    ("body", "loc", "kind"),
+    [
+        ({"api_url": "ws://127.0.0.1/x"}, ["body", "name"], "missing"),
+        ({"name": "x", "api_url": "ftp://host/x"}, ["body", "api_url"], "value_error"),
+        ({"name": "x", "api_url": "ws://"}, ["body", "api_url"], "value_error"),
+        ({"name": "", "api_url": "ws://h/x"}, ["body", "name"], "value_error"),
+        (
+            {"name": "x", "api_url": "ws://h/", "polling_interval": "5"},
+            ["body", "polling_interval"],
+            "type_error",
+        ),
+        (
+            {"name": "x", "api_url": "ws://h/", "polling_interval": 5},
+            ["body", "polling_interval"],
+            "value_error",
+        ),
+        (
+            {"name": "x", "api_url": "ws://h/", "headers": {"a": 1}},
+            ["body", "headers"],
+            "type_error",
+        ),
+        (
+            {"name": "x", "api_url": "ws://h/", "subscribe_messages": {}},
+            ["body", "subscribe_messages"],
+            "type_error",
+        ),
+        (
+            {"name": "x", "api_url": "ws://h/", "auth_type": "magic"},
+            ["body", "auth_type"],
+            "value_error",
+        ),
+        (
+            {"name": "x", "api_url": "ws://h/", "status": "running"},
+            ["body", "status"],
+            "extra_forbidden",
+        ),
+        (
+            {"name": "x", "api_url": "ws://h/", "connector_id": "conn_1"},
+            ["body", "connector_id"],
+            "extra_forbidden",
+        ),
+        ({"name": "x", "api_url": "https://api.example.com/x"}, ["body", "api_url"], "value_error"),
+        ([1, 2], ["body"], "type_error"),
+    ],
+)
+async def test_bad_bodies_get_422_naming_the_field(
+    client: httpx.AsyncClient, body: object, loc: list[str], kind: str
+) -> None:
+    response = await client.post("/api/connectors", json=body)
+    assert response.status_code == 422
+    errors = response.json()["detail"]
+    assert {"loc": loc, "type": kind} in [{"loc": e["loc"], "type": e["type"]} for e in errors]
+    assert all(isinstance(e["msg"], str) and e["msg"] for e in errors)
+
+
+async def test_invalid_json_and_oversized_bodies(client: httpx.AsyncClient) -> None:
+    response = await client.post("/api/connectors", content=b"{nope")
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["loc"] == ["body"]
+    huge = b'{"name": "' + b"x" * (2 * 1024 * 1024) + b'"}'
+    response = await client.post("/api/connectors", content=huge)
+    assert response.status_code == 413
+    assert "detail" in response.json()
+
+
+async def test_unknown_things_are_404_json(client: httpx.AsyncClient) -> None:
+    for method, path in [
+        ("GET", "/api/connectors/conn_nope"),
+        ("GET", "/api/connectors/conn_nope/status"),
+        ("GET", "/api/connectors/conn_nope/data"),
+        ("POST", "/api/connectors/conn_nope/start"),
+        ("POST", "/api/connectors/conn_nope/stop"),
+        ("GET", "/no/such/route"),
+    ]:
+        response = await client.request(method, path)
+        assert response.status_code == 404, path
+        assert isinstance(response.json()["detail"], str)
+
+
+@pytest.mark.parametrize(
+    ("query", "loc"),
+    [
+        ("limit=0", ["query", "limit"]),
+        ("limit=10001", ["query", "limit"]),
+        ("limit=abc", ["query", "limit"]),
+        ("skip=-1", ["query", "skip"]),
+        ("sort_by=data;drop table x", ["query", "sort_by"]),
+        ("sort_order=0", ["query", "sort_order"]),
+        ("sort_order=2", ["query", "sort_order"]),
+        ("where=1", ["query", "where"]),
+    ],
+)
+async def test_data_query_parameters_are_checked(
+    client: httpx.AsyncClient, query: str, loc: list[str]
+) -> None:
+    created = await client.post("/api/connectors", json={"name": "x", "api_url": "ws://h/x"})
+    connector_id = created.json()["connector_id"]
+    response = await client.get(f"/api/connectors/{connector_id}/data?{query}")
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["loc"] == loc
+
+
+async def test_postgres_status(client: httpx.AsyncClient) -> None:
+    body = (await client.get("/api/postgres/status")).json()
+    assert body["status"] == "connected"
+    assert body["database"].startswith("sluice_test_")
+    assert set(body["tables"]) == {
+        "api_connectors",
+        "connector_status",
+        "api_connector_data",
+        "websocket_messages",
+        "websocket_batches",
+    }
+
+
+async def test_start_and_stop_are_idempotent(
+    client: httpx.AsyncClient, exchange: FakeExchange
+) -> None:
+    url = exchange.url("/binance?count=10")
+    connector_id = (
+        await client.post("/api/connectors", json={"name": "b", "api_url": url})
+    ).json()["connector_id"]
+    for _ in range(2):
+        response = await client.post(f"/api/connectors/{connector_id}/start")
+        assert response.json() == {"connector_id": connector_id, "status": "running"}
+    for _ in range(2):
+        response = await client.post(f"/api/connectors/{connector_id}/stop")
+        assert response.json() == {"connector_id": connector_id, "status": "stopped"}
+    status = (await client.get(f"/api/connectors/{connector_id}/status")).json()
+    assert status["status"] == "stopped"
+    assert (await client.get(f"/api/connectors/{connector_id}")).json()["status"] == "stopped"
+
+
+async def test_cors_follows_allowed_origins(nursery: trio.Nursery, settings: Settings) -> None:
+    settings = evolve(settings, allowed_origins=("http://app.test",))
+    service: Service = await nursery.start(partial(serve, settings, handle_signals=False))
+    async with httpx.AsyncClient(base_url=service.url) as http:
+        allowed = await http.get("/api/connectors", headers={"Origin": "http://app.test"})
+        assert allowed.headers["access-control-allow-origin"] == "http://app.test"
+        other = await http.get("/api/connectors", headers={"Origin": "http://evil.test"})
+        assert "access-control-allow-origin" not in other.headers
+        preflight = await http.options(
+            "/api/connectors",
+            headers={
+                "Origin": "http://app.test",
+                "Access-Control-Request-Method": "POST",
+                "Access-Control-Request-Headers": "content-type",
+            },
+        )
+        assert preflight.status_code == 200
+        assert "POST" in preflight.headers["access-control-allow-methods"]
+    service.stop()
+    await service.engine.stopped.wait()
+
+
+async def test_database_outage_gives_503_while_server_and_realtime_stay_up(
+    nursery: trio.Nursery, settings: Settings, admin_dsn: str, database_dsn: str
+) -> None:
+    settings = evolve(settings, pool_timeout=1.0)
+    service: Service = await nursery.start(partial(serve, settings, handle_signals=False))
+    name = psycopg.conninfo.conninfo_to_dict(database_dsn)["dbname"]
+    with psycopg.connect(admin_dsn, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+    with trio.fail_after(30):
+        async with httpx.AsyncClient(base_url=service.url) as http:
+            response = await http.get("/api/connectors")
+            assert response.status_code == 503
+            assert "detail" in response.json()
+            assert "password" not in response.text
+        ws_url = service.url.replace("http://", "ws://") + "/api/realtime"
+        async with trio_websocket.open_websocket_url(ws_url) as ws:
+            assert await ws.get_message() == '{"type":"connected"}'
+    service.stop()
+    with trio.fail_after(30):
+        await service.engine.stopped.wait()

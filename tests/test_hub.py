@@ -1,0 +1,80 @@
+"""The broadcast hub: serialize once, never wait for a subscriber, drop laggards."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import orjson
+import trio
+
+from engine.hub import BroadcastHub
+from engine.models import Record, StoredRecord
+
+NOW = datetime(2026, 11, 27, tzinfo=UTC)
+
+
+def stored(n: int) -> StoredRecord:
+    record = Record(
+        connector_id="conn_a",
+        exchange="binance",
+        instrument="BTCUSDT",
+        price="1.10",
+        size="2",
+        side="buy",
+        message_type="trade",
+        timestamp=NOW,
+        received_at=NOW,
+        data=b'{"t":%d}' % n,
+        dedup_key=str(n),
+    )
+    return StoredRecord(id=n, record=record)
+
+
+def hub() -> BroadcastHub:
+    _, receive = trio.open_memory_channel[list[StoredRecord]](0)
+    return BroadcastHub(receive, max_lag=5)
+
+
+async def test_events_carry_the_database_id_and_raw_payload() -> None:
+    h = hub()
+    with h.subscribe() as sub:
+        h.publish([stored(7)])
+        [frame] = await sub.__anext__()
+    event = orjson.loads(frame)
+    assert event == {
+        "type": "data_update",
+        "id": 7,
+        "connector_id": "conn_a",
+        "timestamp": "2026-11-27T00:00:00+00:00",
+        "received_at": "2026-11-27T00:00:00+00:00",
+        "exchange": "binance",
+        "instrument": "BTCUSDT",
+        "price": "1.10",
+        "size": "2",
+        "side": "buy",
+        "message_type": "trade",
+        "data": {"t": 7},
+    }
+
+
+async def test_slow_subscriber_is_lagged_and_others_keep_everything() -> None:
+    h = hub()
+    with h.subscribe() as slow, h.subscribe() as fast:
+        received: list[str] = []
+        for n in range(10):
+            h.publish([stored(n)])
+            received.extend(await fast.__anext__())  # fast reads as it goes; slow never does
+        assert len(received) == 10
+        assert slow.closed_reason == "lagged"
+        assert fast.closed_reason is None
+        assert [len(batch) async for batch in slow] == [1] * 5  # what it had, then the end
+    stats = h.statistics()
+    assert stats.lagged_disconnects == 1
+    assert stats.subscribers == 0
+    assert stats.frames_encoded == 10  # once per record, not once per subscriber
+
+
+async def test_no_subscribers_means_no_serialization() -> None:
+    h = hub()
+    h.publish([stored(1), stored(2)])
+    assert h.statistics().frames_encoded == 0

@@ -1,0 +1,129 @@
+"""Both WebSocket transports against trio-websocket's server on loopback, an
+independent peer."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Awaitable, Callable
+
+import pytest
+import trio
+import trio_websocket
+
+from engine.errors import SourceUnavailable
+from engine.transport import SansIOTransport, Transport, TrioWebsocketTransport
+
+Handler = Callable[[trio_websocket.WebSocketConnection], Awaitable[None]]
+
+
+async def start_server(nursery: trio.Nursery, handler: Handler) -> str:
+    async def handle(request: trio_websocket.WebSocketRequest) -> None:
+        ws = await request.accept()
+        with contextlib.suppress(trio_websocket.ConnectionClosed):
+            await handler(ws)
+
+    server = await nursery.start(trio_websocket.serve_websocket, handle, "127.0.0.1", 0, None)
+    return f"ws://127.0.0.1:{server.port}/feed?x=1"
+
+
+@pytest.fixture(params=[SansIOTransport, TrioWebsocketTransport], ids=["sansio", "trio-websocket"])
+def transport(request: pytest.FixtureRequest) -> Transport:
+    made: Transport = request.param()
+    return made
+
+
+async def receive_n(conn: object, n: int) -> list[bytes]:
+    out: list[bytes] = []
+    while len(out) < n:
+        out.extend(await conn.receive_messages())  # type: ignore[attr-defined]
+    return out
+
+
+async def test_text_round_trip_and_binary_is_counted(
+    nursery: trio.Nursery, transport: Transport
+) -> None:
+    async def handler(ws: trio_websocket.WebSocketConnection) -> None:
+        hello = await ws.get_message()
+        await ws.send_message(b"\x00\x01binary")
+        for i in range(50):
+            await ws.send_message(f'{{"echo":"{hello}","i":{i},"é":"ü"}}')
+        await trio.sleep_forever()
+
+    url = await start_server(nursery, handler)
+    with trio.fail_after(10):
+        async with transport.connect(url, max_message_bytes=1 << 20, open_timeout=5) as conn:
+            await conn.send_text("hi")
+            messages = await receive_n(conn, 50)
+            assert messages[0] == '{"echo":"hi","i":0,"é":"ü"}'.encode()
+            assert messages[-1].startswith(b'{"echo":"hi","i":49')
+            assert conn.binary_messages == 1
+
+
+async def test_server_pings_are_answered(nursery: trio.Nursery, transport: Transport) -> None:
+    pongs = trio.Event()
+
+    async def handler(ws: trio_websocket.WebSocketConnection) -> None:
+        await ws.ping(b"are-you-there")  # returns when the matching pong arrives
+        pongs.set()
+        await ws.send_message("after-ping")
+        await trio.sleep_forever()
+
+    url = await start_server(nursery, handler)
+    with trio.fail_after(10):
+        async with transport.connect(url, max_message_bytes=1 << 20, open_timeout=5) as conn:
+            assert await conn.receive_messages() == [b"after-ping"]
+    assert pongs.is_set()
+
+
+async def test_server_close_raises_source_unavailable(
+    nursery: trio.Nursery, transport: Transport
+) -> None:
+    async def handler(ws: trio_websocket.WebSocketConnection) -> None:
+        await ws.send_message("last")
+        await ws.aclose(code=1001, reason="bye")
+
+    url = await start_server(nursery, handler)
+    with trio.fail_after(10):
+        async with transport.connect(url, max_message_bytes=1 << 20, open_timeout=5) as conn:
+            received = await conn.receive_messages()
+            assert received == [b"last"]
+            with pytest.raises(SourceUnavailable):
+                await conn.receive_messages()
+
+
+async def test_refused_connection_raises_source_unavailable(transport: Transport) -> None:
+    with trio.socket.socket() as sock:
+        await sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # bound but not listening: connection refused
+        with trio.fail_after(10), pytest.raises(SourceUnavailable):
+            async with transport.connect(
+                f"ws://127.0.0.1:{port}/", max_message_bytes=1 << 20, open_timeout=5
+            ):
+                pass
+
+
+async def test_sansio_reassembles_fragmented_messages(nursery: trio.Nursery) -> None:
+    big = '{"payload":"' + "x" * 200_000 + '"}'
+
+    async def handler(ws: trio_websocket.WebSocketConnection) -> None:
+        await ws.send_message(big)  # larger than one read: arrives in many chunks
+        await trio.sleep_forever()
+
+    url = await start_server(nursery, handler)
+    with trio.fail_after(10):
+        async with SansIOTransport().connect(
+            url, max_message_bytes=1 << 20, open_timeout=5
+        ) as conn:
+            assert await receive_n(conn, 1) == [big.encode()]
+
+
+async def test_oversized_message_closes_the_connection(nursery: trio.Nursery) -> None:
+    async def handler(ws: trio_websocket.WebSocketConnection) -> None:
+        await ws.send_message("y" * 5000)
+        await trio.sleep_forever()
+
+    url = await start_server(nursery, handler)
+    with trio.fail_after(10):
+        async with SansIOTransport().connect(url, max_message_bytes=1000, open_timeout=5) as conn:
+            with pytest.raises(SourceUnavailable):
+                await conn.receive_messages()
