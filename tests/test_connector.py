@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
 import trio
 
 from engine.backoff import Backoff
 from engine.models import ConnectorSpec, SourceBatch
-from engine.transport import SansIOTransport
+from engine.transport import SansIOTransport, Transport, TrioWebsocketTransport
 from engine.ws_connector import WebSocketConnector
 
 from .fake_exchange import FakeExchange
@@ -23,13 +24,16 @@ def spec(url: str, subscribe: list[object]) -> ConnectorSpec:
     )
 
 
-async def test_reconnects_and_resends_subscriptions(nursery: trio.Nursery) -> None:
+@pytest.mark.parametrize("transport", [SansIOTransport, TrioWebsocketTransport])
+async def test_reconnects_and_resends_subscriptions(
+    nursery: trio.Nursery, transport: type[Transport]
+) -> None:
     exchange: FakeExchange = await nursery.start(FakeExchange().run)
     send, receive = trio.open_memory_channel[SourceBatch](100)
     connector = WebSocketConnector(
         spec(exchange.url("/close-after?count=10"), [{"op": "subscribe", "n": 1}, "ping"]),
         send,
-        SansIOTransport(),
+        transport(),
         backoff=Backoff(base=0.01, cap=0.05),
     )
     frames: list[bytes | str] = []
