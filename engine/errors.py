@@ -27,7 +27,15 @@ class Unavailable(SluiceError):
 
 
 class SourceUnavailable(Unavailable):
-    """A data source failed, refused or closed the connection."""
+    """A data source failed, refused or closed the connection.
+
+    ``kind`` is a short stable word for the error log: ``connect_failed``, ``closed``,
+    ``pong_timeout``, ``stale``, ``oversized``, ``protocol``.
+    """
+
+    def __init__(self, message: str, kind: str = "closed") -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 class SinkUnavailable(Unavailable):

@@ -32,6 +32,20 @@ class ConnectorSpec:
     desired_state: Literal["running", "stopped"] = "stopped"
     created_at: datetime | None = None
     updated_at: datetime | None = None
+    #: Seconds between protocol pings; 0 disables them.
+    ping_interval: float = 20.0
+    #: Seconds to wait for the pong before the connection counts as dead.
+    pong_timeout: float = 10.0
+    #: Reconnect when no message arrived for this many seconds; 0 (default) never does,
+    #: so quiet channels do not cause false reconnects.
+    stale_timeout: float = 0.0
+    #: Application-level ping text some exchanges need (OKX: ``ping``), or ``None``.
+    app_ping: str | None = None
+    app_ping_interval: float = 25.0
+    #: For custom JSON feeds: dotted paths to the record fields (see ``normalize.mapping``).
+    field_mapping: dict[str, str] | None = None
+    #: Delete this connector's records older than this many days; ``None`` keeps them.
+    retention_days: int | None = None
 
 
 @attrs.frozen(slots=True)
@@ -56,6 +70,10 @@ class Record:
     data: bytes
     dedup_key: str
     source: Protocol = "websocket"
+    bid_price: str | None = None
+    bid_size: str | None = None
+    ask_price: str | None = None
+    ask_size: str | None = None
 
 
 @attrs.frozen(slots=True)
@@ -92,3 +110,38 @@ class ConnectorStatus:
     last_message_at: datetime | None = None
     last_error: str | None = None
     started_at: datetime | None = None
+    messages_gap: int = 0
+    records_duplicate: int = 0
+    rejected_by_category: dict[str, int] = attrs.field(factory=dict)
+
+
+@attrs.frozen
+class GapEvent:
+    """A stretch of time in which a connector may have missed data."""
+
+    connector_id: str
+    gap_from: datetime
+    gap_to: datetime
+    cause: str
+    messages_lost: int | None = None
+
+
+@attrs.frozen
+class ErrorEvent:
+    """A connector error worth keeping: when, what kind, and a redacted message."""
+
+    connector_id: str
+    occurred_at: datetime
+    kind: str
+    message: str
+
+
+@attrs.frozen
+class Rejected:
+    """A message or record that could not be stored, kept as a dead letter."""
+
+    connector_id: str | None
+    received_at: datetime
+    category: str
+    reason: str
+    raw: bytes

@@ -18,14 +18,17 @@ a close frame (time-limited and shielded) and closes the socket.
 from __future__ import annotations
 
 import contextlib
+import logging
+import os
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Protocol
 
+import attrs
 import trio
 import trio_websocket
 from websockets.client import ClientProtocol
-from websockets.exceptions import InvalidURI, WebSocketException
+from websockets.exceptions import InvalidURI, PayloadTooBig, WebSocketException
 from websockets.extensions.permessage_deflate import ClientPerMessageDeflateFactory
 from websockets.frames import Frame, Opcode
 from websockets.http11 import Request, Response
@@ -34,14 +37,22 @@ from websockets.uri import parse_uri
 
 from .errors import SourceUnavailable
 
+logger = logging.getLogger(__name__)
+
 RECEIVE_BYTES = 256 * 1024
 CLOSE_TIMEOUT = 2.0
 
 
 class Connection(Protocol):
-    """An open WebSocket connection as the connector sees it."""
+    """An open WebSocket connection as the connector sees it.
+
+    ``pongs`` counts pong frames received; :meth:`ping` sends a ping and returns at once,
+    so the caller can watch ``pongs`` while it keeps reading.
+    """
 
     binary_messages: int
+    oversized_messages: int
+    pongs: int
 
     async def send_text(self, text: str) -> None: ...
 
@@ -50,7 +61,7 @@ class Connection(Protocol):
         Binary messages are counted in ``binary_messages`` and not returned."""
         ...
 
-    async def ping(self, payload: bytes = b"") -> None: ...
+    async def ping(self) -> None: ...
 
 
 class Transport(Protocol):
@@ -67,9 +78,26 @@ def transport_named(name: str) -> Transport:
     return SansIOTransport()
 
 
-class SansIOTransport:
-    """The ``websockets`` Sans-I/O protocol on a Trio TCP (or TLS) stream."""
+StreamOpener = Callable[[str, int, bool], Awaitable[trio.abc.Stream]]
 
+
+async def open_stream(host: str, port: int, secure: bool) -> trio.abc.Stream:
+    """TCP, or TLS over TCP with the system's certificate store."""
+    if secure:
+        return await trio.open_ssl_over_tcp_stream(
+            host, port, ssl_context=ssl.create_default_context()
+        )
+    return await trio.open_tcp_stream(host, port)
+
+
+@attrs.frozen
+class SansIOTransport:
+    """The ``websockets`` Sans-I/O protocol on a Trio TCP (or TLS) stream.
+
+    ``opener`` makes the byte stream; tests pass one that returns in-memory streams.
+    """
+
+    opener: StreamOpener = open_stream
     name = "websockets"
 
     @contextlib.asynccontextmanager
@@ -79,16 +107,11 @@ class SansIOTransport:
         try:
             uri = parse_uri(url)
         except InvalidURI as exc:
-            raise SourceUnavailable(f"invalid WebSocket URL: {exc}") from exc
+            raise SourceUnavailable(f"invalid WebSocket URL: {exc}", "connect_failed") from exc
         stream: trio.abc.Stream
         try:
             with trio.fail_after(open_timeout):
-                if uri.secure:
-                    stream = await trio.open_ssl_over_tcp_stream(
-                        uri.host, uri.port, ssl_context=ssl.create_default_context()
-                    )
-                else:
-                    stream = await trio.open_tcp_stream(uri.host, uri.port)
+                stream = await self.opener(uri.host, uri.port, uri.secure)
                 conn = _SansIOConnection(stream, uri, max_message_bytes)
                 try:
                     await conn.handshake()
@@ -96,9 +119,13 @@ class SansIOTransport:
                     await trio.aclose_forcefully(stream)
                     raise
         except trio.TooSlowError as exc:
-            raise SourceUnavailable(f"connecting took longer than {open_timeout:g} s") from exc
+            raise SourceUnavailable(
+                f"connecting took longer than {open_timeout:g} s", "connect_failed"
+            ) from exc
         except (OSError, trio.BrokenResourceError) as exc:
-            raise SourceUnavailable(f"cannot connect: {exc.__class__.__name__}") from exc
+            raise SourceUnavailable(
+                f"cannot connect: {exc.__class__.__name__}", "connect_failed"
+            ) from exc
         try:
             yield conn
         finally:
@@ -118,6 +145,8 @@ class _SansIOConnection:
         self._fragments: list[bytes] = []
         self._fragment_opcode: Opcode | None = None
         self.binary_messages = 0
+        self.oversized_messages = 0
+        self.pongs = 0
 
     async def handshake(self) -> None:
         self._protocol.send_request(self._protocol.connect())
@@ -129,19 +158,19 @@ class _SansIOConnection:
                 if isinstance(event, Response):
                     if self._protocol.handshake_exc is not None:
                         raise SourceUnavailable(
-                            f"handshake refused: {self._protocol.handshake_exc}"
+                            f"handshake refused: {self._protocol.handshake_exc}", "connect_failed"
                         ) from self._protocol.handshake_exc
                     self._events = events[i + 1 :]
                     return
             if self._protocol.state is State.CLOSED:
-                raise SourceUnavailable("connection closed during the handshake")
+                raise SourceUnavailable("connection closed during the handshake", "connect_failed")
 
     async def send_text(self, text: str) -> None:
         self._protocol.send_text(text.encode())
         await self._flush()
 
-    async def ping(self, payload: bytes = b"") -> None:
-        self._protocol.send_ping(payload)
+    async def ping(self) -> None:
+        self._protocol.send_ping(os.urandom(4))
         await self._flush()
 
     async def receive_messages(self) -> list[bytes]:
@@ -155,9 +184,18 @@ class _SansIOConnection:
                 raise SourceUnavailable(f"closed by the source: {close.code} {close.reason}")
             if protocol.state is State.CLOSED or protocol.parser_exc is not None:
                 cause = protocol.parser_exc
-                raise SourceUnavailable(f"connection failed: {cause or 'closed'}") from cause
+                if isinstance(cause, PayloadTooBig):
+                    self.oversized_messages += 1
+                    raise SourceUnavailable(f"message too big: {cause}", "oversized") from cause
+                kind = "protocol" if cause is not None else "closed"
+                raise SourceUnavailable(f"connection failed: {cause or 'closed'}", kind) from cause
             await self._read()
-            await self._flush()  # pongs and close replies queued by the protocol
+            # Pongs and close replies the protocol queued. Shielded: a send cut in half by
+            # the caller's timeout would corrupt the stream.
+            with trio.move_on_after(CLOSE_TIMEOUT, shield=True) as scope:
+                await self._flush()
+            if scope.cancelled_caught:
+                raise SourceUnavailable("the source stopped reading our frames", "protocol")
             self._events = self._protocol.events_received()
 
     def _take_messages(self) -> list[bytes]:
@@ -172,6 +210,8 @@ class _SansIOConnection:
                 else:
                     self._fragment_opcode = opcode
                     self._fragments = [bytes(event.data)]
+            elif opcode is Opcode.PONG:
+                self.pongs += 1
             elif opcode is Opcode.CONT and self._fragment_opcode is not None:
                 self._fragments.append(bytes(event.data))
                 if event.fin:
@@ -236,7 +276,18 @@ class TrioWebsocketTransport:
                 disconnect_timeout=CLOSE_TIMEOUT,
             ) as ws:
                 try:
-                    yield _TrioWebsocketConnection(ws)
+                    async with trio.open_nursery() as pingers:
+                        try:
+                            yield _TrioWebsocketConnection(ws, pingers)
+                        finally:
+                            pingers.cancel_scope.cancel()
+                except BaseExceptionGroup as group:
+                    # The ping tasks never raise (they log and swallow), so a group here
+                    # holds only what the caller's block raised: give that back unwrapped.
+                    body = group.exceptions[0] if len(group.exceptions) == 1 else None
+                    if isinstance(body, Exception):
+                        raise body from None
+                    raise
                 finally:
                     # trio-websocket 0.12 leaves the client socket open when the server
                     # closes first; close it ourselves so reconnect loops leak no fds.
@@ -251,13 +302,18 @@ class TrioWebsocketTransport:
             WebSocketException,
             ValueError,
         ) as exc:
-            raise SourceUnavailable(f"WebSocket failed: {exc.__class__.__name__}") from exc
+            raise SourceUnavailable(
+                f"WebSocket failed: {exc.__class__.__name__}", "connect_failed"
+            ) from exc
 
 
 class _TrioWebsocketConnection:
-    def __init__(self, ws: trio_websocket.WebSocketConnection) -> None:
+    def __init__(self, ws: trio_websocket.WebSocketConnection, pingers: trio.Nursery) -> None:
         self._ws = ws
+        self._pingers = pingers
         self.binary_messages = 0
+        self.oversized_messages = 0
+        self.pongs = 0
 
     async def send_text(self, text: str) -> None:
         try:
@@ -265,17 +321,29 @@ class _TrioWebsocketConnection:
         except trio_websocket.ConnectionClosed as exc:
             raise SourceUnavailable(f"closed by the source: {exc.reason}") from exc
 
-    async def ping(self, payload: bytes = b"") -> None:
+    async def ping(self) -> None:
+        # trio-websocket's ping() waits for its pong; wait in a side task so the caller
+        # keeps reading (a full message queue would otherwise stall the pong itself).
+        self._pingers.start_soon(self._ping_and_count)
+
+    async def _ping_and_count(self) -> None:
         try:
-            await self._ws.ping(payload or None)
-        except trio_websocket.ConnectionClosed as exc:
-            raise SourceUnavailable(f"closed by the source: {exc.reason}") from exc
+            await self._ws.ping()
+        except trio_websocket.ConnectionClosed:
+            return
+        except Exception:
+            logger.exception("trio-websocket ping failed")
+            return
+        self.pongs += 1
 
     async def receive_messages(self) -> list[bytes]:
         while True:
             try:
                 message = await self._ws.get_message()
             except trio_websocket.ConnectionClosed as exc:
+                if exc.reason.code == 1009:  # trio-websocket closes on a too-big message
+                    self.oversized_messages += 1
+                    raise SourceUnavailable("message too big", "oversized") from exc
                 raise SourceUnavailable(f"closed by the source: {exc.reason}") from exc
             if isinstance(message, str):
                 return [message.encode("utf-8", "surrogatepass")]

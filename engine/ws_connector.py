@@ -1,4 +1,4 @@
-"""The WebSocket source actor: connect, subscribe, drain the socket, reconnect.
+"""The WebSocket source actor: connect, subscribe, keep alive, drain the socket, reconnect.
 
 Two tasks share the connector's buffer: the *reader* moves every message off the socket
 into a byte-bounded buffer as fast as it arrives (so the connection keeps answering pings
@@ -7,20 +7,32 @@ processor as one :class:`~engine.models.SourceBatch` per send. When the buffer i
 reader drops messages and counts them as a **gap** (count, first and last time) instead of
 growing memory.
 
+Keepalive, all driven by the reader's own deadlines (virtual-time testable): a protocol
+ping every ``ping_interval`` seconds with ``pong_timeout`` to answer; the exchange's text
+ping (OKX ``ping``) every ``app_ping_interval``; and, if ``stale_timeout`` is set, a
+reconnect when no message arrived for that long (off by default, so quiet channels do not
+cause false reconnects).
+
+Every disconnect and every overflow becomes a :class:`~engine.models.GapEvent`, and every
+connection error an :class:`~engine.models.ErrorEvent`, handed to ``journal`` (a
+non-blocking callable) to be stored and broadcast.
+
 Resource handling: the caller owns the send channel (a clone of the raw channel's send
 end) and closes it after the last :meth:`run`, so a supervisor can call :meth:`run` again
 after a crash. :meth:`request_stop` stops reading; whatever is buffered is then forwarded
 (time-limited) before :meth:`run` returns.
 
 Error handling: connection failures (:class:`~engine.errors.SourceUnavailable`) are
-counted and retried forever with exponential backoff and full jitter; anything else is a
-bug and propagates to the supervisor.
+counted, journaled and retried forever with exponential backoff and full jitter (reset
+after a stable period); anything else is a bug and propagates to the supervisor.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 import attrs
@@ -29,17 +41,27 @@ import trio
 
 from .backoff import Backoff
 from .errors import SourceUnavailable
-from .models import ConnectorSpec, SourceBatch
+from .models import ConnectorSpec, ErrorEvent, GapEvent, SourceBatch
 from .transport import Connection, Transport
 
 logger = logging.getLogger(__name__)
 
 FLUSH_ON_STOP_SECONDS = 5.0
 
+Journal = Callable[[GapEvent | ErrorEvent], None]
+
+
+def _discard(_: GapEvent | ErrorEvent) -> None:
+    pass
+
+
+def _wall(ts: float) -> datetime:
+    return datetime.fromtimestamp(ts, UTC)
+
 
 @attrs.frozen
-class Gap:
-    """Messages dropped because the connector's buffer was full."""
+class Overflow:
+    """Messages dropped because the connector's buffer was full (all of this run)."""
 
     count: int
     first_at: datetime
@@ -52,6 +74,7 @@ class WebSocketStatistics:
     messages_received: int
     bytes_received: int
     binary_messages: int
+    oversized_messages: int
     reconnects: int
     errors: int
     last_message_at: datetime | None
@@ -60,7 +83,9 @@ class WebSocketStatistics:
     buffered_messages: int
     buffered_bytes: int
     buffer_limit_bytes: int
-    gap: Gap | None
+    pings_sent: int
+    pongs_received: int
+    gap: Overflow | None
 
 
 @attrs.define(eq=False)
@@ -72,23 +97,27 @@ class WebSocketConnector:
     buffer_limit_bytes: int = 64 * 1024 * 1024
     open_timeout: float = 10.0
     backoff: Backoff = attrs.field(factory=lambda: Backoff(base=0.5, cap=30.0, reset_after=30.0))
+    journal: Journal = _discard
 
     status: str = "inactive"
     messages_received: int = 0
     bytes_received: int = 0
     reconnects: int = 0
     errors: int = 0
+    pings_sent: int = 0
     last_message_at: float | None = None
     last_error: str | None = None
     started_at: datetime | None = None
     _frames: list[bytes | str] = attrs.field(factory=list)
     _times: list[float] = attrs.field(factory=list)
     _buffered_bytes: int = 0
-    _binary_base: int = 0
+    _closed_counts: list[int] = attrs.field(factory=lambda: [0, 0, 0])
     _connection: Connection | None = None
-    _gap_count: int = 0
+    _gap_total: int = 0
     _gap_first: float = 0.0
     _gap_last: float = 0.0
+    _overflow_count: int = 0
+    _overflow_first: float = 0.0
     _wakeup: trio.Event = attrs.field(factory=trio.Event)
     _read_scope: trio.CancelScope | None = None
     _stop_requested: bool = False
@@ -119,11 +148,14 @@ class WebSocketConnector:
                 with self._read_scope:
                     await self._connect_loop()
             finally:
+                self._end_overflow()
                 self._reading_done = True
                 self._wakeup.set()
                 self.status = "stopped"
 
     async def _connect_loop(self) -> None:
+        lost_at: float | None = None  # wall time the previous connection was lost
+        lost_cause = ""
         first = True
         while True:
             if not first:
@@ -139,52 +171,115 @@ class WebSocketConnector:
                 ) as conn:
                     self._connection = conn
                     try:
-                        for message in self.spec.subscribe_messages:
-                            # A string is sent as written (e.g. "ping"); other JSON as JSON.
-                            if not isinstance(message, str):
-                                message = orjson.dumps(message).decode()
-                            await conn.send_text(message)
+                        await self._subscribe(conn)
                         self.status = "running"
                         logger.info("connector %s connected", self.connector_id)
+                        if lost_at is not None:
+                            self._journal_gap(lost_at, time.time(), lost_cause, None)
+                            lost_at = None
                         await self._read(conn)
                     finally:
-                        self._binary_base += conn.binary_messages
                         self._connection = None
+                        for i, n in enumerate(
+                            (conn.binary_messages, conn.oversized_messages, conn.pongs)
+                        ):
+                            self._closed_counts[i] += n
             except SourceUnavailable as exc:
+                self._end_overflow()
                 self.errors += 1
                 self.last_error = str(exc)
                 logger.warning("connector %s: %s", self.connector_id, exc)
+                self.journal(ErrorEvent(self.connector_id, datetime.now(UTC), exc.kind, str(exc)))
+                if lost_at is None and self.status == "running":
+                    lost_at = self.last_message_at or time.time()
+                    lost_cause = exc.kind
+
+    async def _subscribe(self, conn: Connection) -> None:
+        for message in self.spec.subscribe_messages:
+            # A string is sent as written (e.g. "ping"); other JSON values as JSON.
+            if not isinstance(message, str):
+                message = orjson.dumps(message).decode()
+            await conn.send_text(message)
 
     async def _read(self, conn: Connection) -> None:
-        limit = self.buffer_limit_bytes
+        spec = self.spec
+        now = trio.current_time()
+        inf = math.inf
+        next_ping = now + spec.ping_interval if spec.ping_interval > 0 else inf
+        next_app_ping = now + spec.app_ping_interval if spec.app_ping else inf
+        pong_due = inf
+        pongs_seen = conn.pongs
+        last_data = now
         while True:
-            messages = await conn.receive_messages()
-            now = time.time()
-            self.last_message_at = now
-            self.backoff.succeeded(trio.current_time())
-            for message in messages:
-                size = len(message)
-                self.messages_received += 1
-                self.bytes_received += size
-                if self._buffered_bytes + size > limit:
-                    self._record_gap(now)
-                    continue
-                self._frames.append(message)
-                self._times.append(now)
-                self._buffered_bytes += size
-            if self._frames:
-                self._wakeup.set()
+            stale_at = last_data + spec.stale_timeout if spec.stale_timeout > 0 else inf
+            messages: list[bytes] = []
+            with trio.move_on_at(min(next_ping, next_app_ping, pong_due, stale_at)):
+                messages = await conn.receive_messages()
+            now = trio.current_time()
+            if messages:
+                last_data = now
+                self._accept(messages)
+                self.backoff.succeeded(now)
+            if conn.pongs != pongs_seen:
+                pongs_seen, pong_due = conn.pongs, inf
+            if now >= pong_due:
+                raise SourceUnavailable(f"no pong within {spec.pong_timeout:g} s", "pong_timeout")
+            if now >= stale_at:
+                raise SourceUnavailable(
+                    f"no message for {spec.stale_timeout:g} s (stale feed)", "stale"
+                )
+            if now >= next_ping:
+                await conn.ping()
+                self.pings_sent += 1
+                next_ping = now + spec.ping_interval
+                if pong_due == inf:
+                    pong_due = now + spec.pong_timeout
+            if now >= next_app_ping and spec.app_ping:
+                await conn.send_text(spec.app_ping)
+                next_app_ping = now + spec.app_ping_interval
 
-    def _record_gap(self, now: float) -> None:
-        if self._gap_count == 0:
-            self._gap_first = now
+    def _accept(self, messages: list[bytes]) -> None:
+        now = time.time()
+        self.last_message_at = now
+        limit = self.buffer_limit_bytes
+        for message in messages:
+            size = len(message)
+            self.messages_received += 1
+            self.bytes_received += size
+            if self._buffered_bytes + size > limit:
+                self._record_overflow(now)
+                continue
+            if self._overflow_count:
+                self._end_overflow()
+            self._frames.append(message)
+            self._times.append(now)
+            self._buffered_bytes += size
+        if self._frames:
+            self._wakeup.set()
+
+    def _record_overflow(self, now: float) -> None:
+        if self._overflow_count == 0:
+            self._overflow_first = now
+            if self._gap_total == 0:
+                self._gap_first = now
             logger.warning(
                 "connector %s: buffer full (%d bytes); counting dropped messages as a gap",
                 self.connector_id,
                 self.buffer_limit_bytes,
             )
-        self._gap_count += 1
+        self._overflow_count += 1
+        self._gap_total += 1
         self._gap_last = now
+
+    def _end_overflow(self) -> None:
+        if self._overflow_count:
+            self._journal_gap(
+                self._overflow_first, self._gap_last, "buffer_overflow", self._overflow_count
+            )
+            self._overflow_count = 0
+
+    def _journal_gap(self, start: float, end: float, cause: str, lost: int | None) -> None:
+        self.journal(GapEvent(self.connector_id, _wall(start), _wall(end), cause, lost))
 
     async def _forward(self) -> None:
         while True:
@@ -216,27 +311,28 @@ class WebSocketConnector:
 
     def statistics(self) -> WebSocketStatistics:
         conn = self._connection
+        live = (
+            (conn.binary_messages, conn.oversized_messages, conn.pongs) if conn else (0, 0, 0)
+        )
+        binary, oversized, pongs = (a + b for a, b in zip(self._closed_counts, live, strict=True))
         gap = None
-        if self._gap_count:
-            gap = Gap(
-                self._gap_count,
-                datetime.fromtimestamp(self._gap_first, UTC),
-                datetime.fromtimestamp(self._gap_last, UTC),
-            )
+        if self._gap_total:
+            gap = Overflow(self._gap_total, _wall(self._gap_first), _wall(self._gap_last))
         return WebSocketStatistics(
             status=self.status,
             messages_received=self.messages_received,
             bytes_received=self.bytes_received,
-            binary_messages=self._binary_base + (conn.binary_messages if conn else 0),
+            binary_messages=binary,
+            oversized_messages=oversized,
             reconnects=self.reconnects,
             errors=self.errors,
-            last_message_at=(
-                datetime.fromtimestamp(self.last_message_at, UTC) if self.last_message_at else None
-            ),
+            last_message_at=_wall(self.last_message_at) if self.last_message_at else None,
             last_error=self.last_error,
             started_at=self.started_at,
             buffered_messages=len(self._frames),
             buffered_bytes=self._buffered_bytes,
             buffer_limit_bytes=self.buffer_limit_bytes,
+            pings_sent=self.pings_sent,
+            pongs_received=pongs,
             gap=gap,
         )

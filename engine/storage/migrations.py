@@ -117,6 +117,65 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         CREATE INDEX websocket_batches_connector ON websocket_batches (connector_id, received_at);
         """,
     ),
+    (
+        2,
+        "keepalive options, field mapping, best bid/ask, gaps, errors, rejected messages",
+        """
+        ALTER TABLE api_connectors
+            ADD COLUMN ping_interval     double precision NOT NULL DEFAULT 20,
+            ADD COLUMN pong_timeout      double precision NOT NULL DEFAULT 10,
+            ADD COLUMN stale_timeout     double precision NOT NULL DEFAULT 0,
+            ADD COLUMN app_ping          text,
+            ADD COLUMN app_ping_interval double precision NOT NULL DEFAULT 25,
+            ADD COLUMN field_mapping     jsonb,
+            ADD COLUMN retention_days    integer;
+
+        ALTER TABLE websocket_messages
+            ADD COLUMN bid_price numeric, ADD COLUMN bid_size numeric,
+            ADD COLUMN ask_price numeric, ADD COLUMN ask_size numeric;
+        ALTER TABLE api_connector_data
+            ADD COLUMN bid_price numeric, ADD COLUMN bid_size numeric,
+            ADD COLUMN ask_price numeric, ADD COLUMN ask_size numeric;
+
+        ALTER TABLE connector_status
+            ADD COLUMN messages_gap bigint NOT NULL DEFAULT 0,
+            ADD COLUMN records_duplicate bigint NOT NULL DEFAULT 0,
+            ADD COLUMN rejected_by_category jsonb NOT NULL DEFAULT '{}';
+
+        -- Every disconnect or buffer overflow: a stretch of time we may have missed data.
+        CREATE TABLE connector_gaps (
+            id             bigserial PRIMARY KEY,
+            connector_id   text NOT NULL,
+            gap_from       timestamptz NOT NULL,
+            gap_to         timestamptz NOT NULL,
+            cause          text NOT NULL,
+            messages_lost  bigint,
+            created_at     timestamptz NOT NULL DEFAULT now()
+        );
+        CREATE INDEX connector_gaps_connector ON connector_gaps (connector_id, id);
+
+        CREATE TABLE connector_errors (
+            id            bigserial PRIMARY KEY,
+            connector_id  text NOT NULL,
+            occurred_at   timestamptz NOT NULL,
+            kind          text NOT NULL,
+            message       text NOT NULL
+        );
+        CREATE INDEX connector_errors_connector ON connector_errors (connector_id, id);
+
+        -- Dead letters: messages or records that could not be stored, with the reason.
+        CREATE TABLE rejected_messages (
+            id            bigserial PRIMARY KEY,
+            connector_id  text,
+            received_at   timestamptz NOT NULL,
+            category      text NOT NULL,
+            reason        text NOT NULL,
+            raw           text NOT NULL,
+            created_at    timestamptz NOT NULL DEFAULT now()
+        );
+        CREATE INDEX rejected_messages_connector ON rejected_messages (connector_id, id);
+        """,
+    ),
 ]
 
 
