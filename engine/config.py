@@ -39,6 +39,7 @@ class Settings:
     max_frame_bytes: int = 4 * 1024 * 1024
     connector_buffer_bytes: int = 64 * 1024 * 1024
     realtime_max_lag: int = 20_000
+    realtime_max_subscribers: int = 1000
 
     @property
     def embedded(self) -> bool:
@@ -71,6 +72,9 @@ class Settings:
                 env, "SLUICE_CONNECTOR_BUFFER_BYTES", 64 * 1024 * 1024, 1024, 2**34
             ),
             realtime_max_lag=_int(env, "SLUICE_REALTIME_MAX_LAG", 20_000, 1, 10_000_000),
+            realtime_max_subscribers=_int(
+                env, "SLUICE_REALTIME_MAX_SUBSCRIBERS", 1000, 1, 1_000_000
+            ),
         )
 
 

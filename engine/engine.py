@@ -21,9 +21,10 @@ import trio
 
 from .config import Settings
 from .errors import Unavailable
-from .hub import BroadcastHub
+from .hub import BroadcastHub, HubItem
+from .journal import Journal
 from .manager import ConnectorManager
-from .models import Record, SourceBatch, StoredRecord
+from .models import Record, SourceBatch
 from .processor import Processor
 from .storage import Database
 from .supervisor import Supervisor
@@ -54,6 +55,8 @@ class Engine:
     _writer: BatchWriter | None = None
     _hub: BroadcastHub | None = None
     _manager: ConnectorManager | None = None
+    _journal: Journal | None = None
+    _ingest: trio.MemorySendChannel[list[Record]] | None = None
     supervisors: list[Supervisor] = attrs.field(factory=list)
     _stop: trio.Event = attrs.field(factory=trio.Event)
     stopped: trio.Event = attrs.field(factory=trio.Event)
@@ -79,6 +82,10 @@ class Engine:
     def processor(self) -> Processor:
         return _ready(self._processor)
 
+    @property
+    def journal(self) -> Journal:
+        return _ready(self._journal)
+
     def request_stop(self) -> None:
         self._stop.set()
 
@@ -96,12 +103,20 @@ class Engine:
         s = self.settings
         raw_send, raw_recv = trio.open_memory_channel[SourceBatch](RAW_BATCHES)
         rec_send, rec_recv = trio.open_memory_channel[list[Record]](RECORD_BATCHES)
-        out_send, out_recv = trio.open_memory_channel[list[StoredRecord]](STORED_BATCHES)
+        out_send, out_recv = trio.open_memory_channel[HubItem](STORED_BATCHES)
+        journal = self._journal = Journal.create(db, out_send.clone())
         writer = self._writer = BatchWriter(
-            db, rec_recv, out_send, batch_size=s.batch_size, max_age=s.batch_max_age
+            db,
+            rec_recv,
+            out_send,
+            batch_size=s.batch_size,
+            max_age=s.batch_max_age,
+            journal=journal.record,
         )
-        hub = self._hub = BroadcastHub(out_recv, max_lag=s.realtime_max_lag)
-        processor = self._processor = Processor(raw_recv, rec_send)
+        hub = self._hub = BroadcastHub(
+            out_recv, max_lag=s.realtime_max_lag, max_subscribers=s.realtime_max_subscribers
+        )
+        processor = self._processor = Processor(raw_recv, rec_send, journal=journal.record)
         manager = self._manager = ConnectorManager(
             db,
             raw_send,
@@ -110,26 +125,37 @@ class Engine:
             transport_named(s.ws_transport),
             max_message_bytes=s.max_frame_bytes,
             buffer_limit_bytes=s.connector_buffer_bytes,
+            journal=journal.record,
         )
+        self._ingest = rec_send.clone()
         self.supervisors = [
-            Supervisor("writer", writer.run, escalate=True),
             Supervisor("hub", hub.run, escalate=True),
+            Supervisor("journal", journal.run, escalate=True),
+            Supervisor("writer", writer.run, escalate=True),
             Supervisor("processor", processor.run, escalate=True),
         ]
-        with raw_recv, rec_send, rec_recv, out_send, out_recv:
-            async with trio.open_nursery() as nursery:
-                for supervisor in self.supervisors:
-                    await nursery.start(supervisor.run)
-                await nursery.start(manager.run)
-                self.accepting = True
-                logger.info("engine ready")
-                task_status.started(self)
-                await self._stop.wait()
-                self.accepting = False
-                logger.info("engine stopping: draining (up to %g s)", s.drain_timeout)
-                manager.shutdown()
-                nursery.cancel_scope.deadline = trio.current_time() + s.drain_timeout
-            if nursery.cancel_scope.cancelled_caught:
+        with raw_recv, rec_send, rec_recv, out_send, out_recv, self._ingest:
+            # Two levels: the hub and the journal must outlive everything that feeds them.
+            async with trio.open_nursery() as outer:
+                for supervisor in self.supervisors[:2]:
+                    await outer.start(supervisor.run)
+                async with trio.open_nursery() as inner:
+                    for supervisor in self.supervisors[2:]:
+                        await inner.start(supervisor.run)
+                    await inner.start(manager.run)
+                    self.accepting = True
+                    logger.info("engine ready")
+                    task_status.started(self)
+                    await self._stop.wait()
+                    self.accepting = False
+                    logger.info("engine stopping: draining (up to %g s)", s.drain_timeout)
+                    deadline = trio.current_time() + s.drain_timeout
+                    self._ingest.close()
+                    manager.shutdown()
+                    inner.cancel_scope.deadline = deadline
+                journal.close()
+                outer.cancel_scope.deadline = deadline
+            if inner.cancel_scope.cancelled_caught or outer.cancel_scope.cancelled_caught:
                 self._log_dropped(raw_recv, rec_recv)
             else:
                 logger.info("engine drained cleanly")

@@ -1,15 +1,19 @@
-"""The broadcast hub actor: committed records out to realtime subscribers.
+"""The broadcast hub actor: committed records (and notices such as gaps) out to realtime
+subscribers.
 
 Each record is serialized once, whatever the number of subscribers: subscribers share the
 same frame strings. Every subscriber has its own bounded queue, filled with
-``send_nowait``: the hub never waits for a subscriber. The bound is ``max_lag`` records
-(frames waiting, however they are batched). A subscriber past it is *lagged*: its queue is
-closed, the subscription records why, and the web handler tells the client and
-disconnects it.
+``send_nowait``: the hub never waits for a subscriber. The bound is ``max_lag`` frames
+waiting, however they are batched. A subscriber past it is *lagged*: its queue is closed,
+the subscription records why, and the web handler tells the client and disconnects it.
+
+A subscriber may narrow what it receives with a :class:`Filter` (connector, exchange,
+instrument, message types); notices carry a connector id and a type too.
 
 Resource handling: :meth:`subscribe` is a plain context manager, so a subscription is
-released even when the web framework cancels the handler. When the hub's input ends
-(engine shutdown) it closes every subscriber queue with the reason ``shutdown``.
+released even when the web framework cancels the handler. When every sender of the hub's
+input has closed (engine shutdown) the hub closes all subscriber queues with the reason
+``shutdown``.
 """
 
 from __future__ import annotations
@@ -23,13 +27,64 @@ import attrs
 import orjson
 import trio
 
+from .errors import Unavailable
 from .models import StoredRecord
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_LAG = 20_000
-# The channel only holds references to shared batches; the record budget is the real bound.
+DEFAULT_MAX_SUBSCRIBERS = 1_000
+# The channel only holds references to shared batches; the frame budget is the real bound.
 QUEUE_BATCHES = 4096
+
+
+@attrs.frozen
+class Notice:
+    """A non-record event for subscribers (``{"type": "gap", ...}``, a test message)."""
+
+    connector_id: str | None
+    payload: dict[str, Any]
+
+
+HubItem = list[StoredRecord] | Notice
+
+
+class TooManySubscribers(Unavailable):
+    """The realtime subscriber cap is reached."""
+
+
+@attrs.frozen
+class Filter:
+    """What a subscriber wants; ``None`` (or empty) means everything."""
+
+    connector_id: str | None = None
+    exchange: str | None = None
+    instrument: str | None = None
+    types: frozenset[str] | None = None
+
+    @property
+    def everything(self) -> bool:
+        return self == EVERYTHING
+
+    def accepts(self, item: StoredRecord) -> bool:
+        r = item.record
+        return (
+            (self.connector_id is None or r.connector_id == self.connector_id)
+            and (self.exchange is None or r.exchange == self.exchange)
+            and (self.instrument is None or r.instrument == self.instrument)
+            and (self.types is None or r.message_type in self.types)
+        )
+
+    def accepts_notice(self, notice: Notice) -> bool:
+        kind = notice.payload.get("type")
+        return (
+            self.connector_id is None
+            or notice.connector_id is None
+            or notice.connector_id == self.connector_id
+        ) and (self.types is None or kind in self.types or kind == "test")
+
+
+EVERYTHING = Filter()
 
 
 def record_event(item: StoredRecord) -> dict[str, Any]:
@@ -47,6 +102,10 @@ def record_event(item: StoredRecord) -> dict[str, Any]:
         "size": r.size,
         "side": r.side,
         "message_type": r.message_type,
+        "bid_price": r.bid_price,
+        "bid_size": r.bid_size,
+        "ask_price": r.ask_price,
+        "ask_size": r.ask_size,
         "data": orjson.Fragment(r.data),
     }
 
@@ -57,16 +116,19 @@ def encode_event(item: StoredRecord) -> str:
 
 @attrs.define(eq=False)
 class Subscription:
-    """One subscriber's end: batches of encoded ``data_update`` frames (JSON text).
+    """One subscriber's end: batches of encoded JSON frames.
 
     Iterate it (``async for frames in subscription``) until the hub closes it;
-    ``closed_reason`` then says why (``lagged`` or ``shutdown``).
+    ``closed_reason`` then says why (``lagged`` or ``shutdown``). ``filter`` may be
+    replaced at any time.
     """
 
     _receive: trio.MemoryReceiveChannel[list[str]]
     _send: trio.MemorySendChannel[list[str]]
+    filter: Filter = EVERYTHING
     closed_reason: str | None = None
     queued: int = 0
+    delivered: int = 0
 
     def __aiter__(self) -> Subscription:
         return self
@@ -77,32 +139,40 @@ class Subscription:
         except (trio.EndOfChannel, trio.ClosedResourceError):
             raise StopAsyncIteration from None
         self.queued -= len(batch)
+        self.delivered += len(batch)
         return batch
 
 
 @attrs.frozen
 class HubStatistics:
     subscribers: int
+    max_subscribers: int
     batches_in: int
     records_in: int
     frames_encoded: int
+    notices: int
     lagged_disconnects: int
 
 
 @attrs.define(eq=False)
 class BroadcastHub:
-    receive_channel: trio.MemoryReceiveChannel[list[StoredRecord]]
+    receive_channel: trio.MemoryReceiveChannel[HubItem]
     max_lag: int = DEFAULT_MAX_LAG
+    max_subscribers: int = DEFAULT_MAX_SUBSCRIBERS
     batches_in: int = 0
     records_in: int = 0
     frames_encoded: int = 0
+    notices: int = 0
     lagged_disconnects: int = 0
     _subscribers: set[Subscription] = attrs.field(factory=set)
 
     @contextlib.contextmanager
-    def subscribe(self) -> Iterator[Subscription]:
+    def subscribe(self, filter_: Filter = EVERYTHING) -> Iterator[Subscription]:
+        """Register a subscriber; raises :class:`TooManySubscribers` at the cap."""
+        if len(self._subscribers) >= self.max_subscribers:
+            raise TooManySubscribers(f"at most {self.max_subscribers} realtime subscribers")
         send, receive = trio.open_memory_channel[list[str]](QUEUE_BATCHES)
-        sub = Subscription(receive, send)
+        sub = Subscription(receive, send, filter_)
         self._subscribers.add(sub)
         try:
             yield sub
@@ -113,8 +183,11 @@ class BroadcastHub:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
-        async for batch in self.receive_channel:
-            self.publish(batch)
+        async for item in self.receive_channel:
+            if isinstance(item, Notice):
+                self.publish_notice(item)
+            else:
+                self.publish(item)
         for sub in list(self._subscribers):
             self._close(sub, "shutdown")
 
@@ -126,17 +199,41 @@ class BroadcastHub:
         frames = [encode_event(item) for item in batch]
         self.frames_encoded += len(frames)
         for sub in list(self._subscribers):
-            try:
-                if sub.queued + len(frames) > self.max_lag:
-                    raise trio.WouldBlock
-                sub._send.send_nowait(frames)
-                sub.queued += len(frames)
-            except trio.WouldBlock:
-                self.lagged_disconnects += 1
-                logger.warning("realtime subscriber lagged behind; disconnecting it")
-                self._close(sub, "lagged")
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                self._subscribers.discard(sub)
+            f = sub.filter
+            if f is EVERYTHING or f.everything:
+                self._offer(sub, frames)
+            else:
+                chosen = [
+                    frame for item, frame in zip(batch, frames, strict=True) if f.accepts(item)
+                ]
+                if chosen:
+                    self._offer(sub, chosen)
+
+    def publish_notice(self, notice: Notice) -> int:
+        """Send a notice to every subscriber that wants it; return how many got it."""
+        self.notices += 1
+        frame = [orjson.dumps(notice.payload).decode()]
+        delivered = 0
+        for sub in list(self._subscribers):
+            if sub.filter.accepts_notice(notice) and self._offer(sub, frame):
+                delivered += 1
+        return delivered
+
+    def _offer(self, sub: Subscription, frames: list[str]) -> bool:
+        try:
+            if sub.queued + len(frames) > self.max_lag:
+                raise trio.WouldBlock
+            sub._send.send_nowait(frames)
+        except trio.WouldBlock:
+            self.lagged_disconnects += 1
+            logger.warning("realtime subscriber lagged behind; disconnecting it")
+            self._close(sub, "lagged")
+            return False
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            self._subscribers.discard(sub)
+            return False
+        sub.queued += len(frames)
+        return True
 
     def _close(self, sub: Subscription, reason: str) -> None:
         sub.closed_reason = reason
@@ -146,8 +243,10 @@ class BroadcastHub:
     def statistics(self) -> HubStatistics:
         return HubStatistics(
             subscribers=len(self._subscribers),
+            max_subscribers=self.max_subscribers,
             batches_in=self.batches_in,
             records_in=self.records_in,
             frames_encoded=self.frames_encoded,
+            notices=self.notices,
             lagged_disconnects=self.lagged_disconnects,
         )

@@ -18,12 +18,14 @@ the send end, which lets the processor and the writer drain.
 from __future__ import annotations
 
 import logging
+from collections import Counter
+from collections.abc import Callable
 
 import attrs
 import trio
 
 from .errors import NotFound, SinkUnavailable
-from .models import ConnectorSpec, ConnectorStatus, SourceBatch
+from .models import ConnectorSpec, ConnectorStatus, ErrorEvent, GapEvent, SourceBatch
 from .processor import Processor
 from .storage import Database
 from .storage import connectors as sql
@@ -36,6 +38,12 @@ logger = logging.getLogger(__name__)
 
 STOP_TIMEOUT = 10.0
 
+Journal = Callable[[GapEvent | ErrorEvent], None]
+
+
+def _discard(_: GapEvent | ErrorEvent) -> None:
+    pass
+
 
 @attrs.define(eq=False)
 class _Running:
@@ -47,6 +55,10 @@ class _Running:
     base_rejected: int
     base_frames: int
     base_control: int
+    base_produced: int
+    base_duplicates: int
+    base_db_rejected: int
+    base_categories: Counter[str]
 
 
 @attrs.define(eq=False)
@@ -58,6 +70,7 @@ class ConnectorManager:
     transport: Transport
     max_message_bytes: int = 4 * 1024 * 1024
     buffer_limit_bytes: int = 64 * 1024 * 1024
+    journal: Journal = _discard
     persist_interval: float = 2.0
     _nursery: trio.Nursery | None = None
     _running: dict[str, _Running] = attrs.field(factory=dict)
@@ -127,6 +140,7 @@ class ConnectorManager:
             self.transport,
             max_message_bytes=self.max_message_bytes,
             buffer_limit_bytes=self.buffer_limit_bytes,
+            journal=self.journal,
         )
         cid = spec.connector_id
         counters = self.processor.counters_for(cid)
@@ -136,9 +150,13 @@ class ConnectorManager:
             scope=trio.CancelScope(),
             done=trio.Event(),
             base_records=self.writer.committed_for(cid),
-            base_rejected=counters.rejected + self.writer.rejected_for(cid),
+            base_rejected=counters.rejected,
             base_frames=counters.frames,
             base_control=counters.control,
+            base_produced=counters.records,
+            base_duplicates=self.writer.duplicates_for(cid),
+            base_db_rejected=self.writer.rejected_for(cid),
+            base_categories=Counter(counters.rejected_by_category),
         )
         self._running[cid] = self._last[cid] = entry
         try:
@@ -174,21 +192,65 @@ class ConnectorManager:
         else:
             state = stats.status if connector_id in self._running else "stopped"
             last_error = counters.last_error or stats.last_error
+        categories = Counter(counters.rejected_by_category)
+        categories.subtract(entry.base_categories)
+        if stats.binary_messages:
+            categories["binary"] += stats.binary_messages
+        if stats.oversized_messages:
+            categories["oversized"] += stats.oversized_messages
+        db_rejected = self.writer.rejected_for(connector_id) - entry.base_db_rejected
+        if db_rejected:
+            categories["db_rejected"] += db_rejected
         return ConnectorStatus(
             connector_id=connector_id,
             status=state,
             messages_received=stats.messages_received,
             records_stored=self.writer.committed_for(connector_id) - entry.base_records,
-            messages_rejected=(
-                counters.rejected + self.writer.rejected_for(connector_id) - entry.base_rejected
-            ),
+            messages_rejected=counters.rejected - entry.base_rejected,
             control_messages=counters.control - entry.base_control,
             errors=stats.errors + counters.exchange_errors,
             reconnects=stats.reconnects,
             last_message_at=stats.last_message_at,
             last_error=last_error,
             started_at=stats.started_at,
+            messages_gap=stats.gap.count if stats.gap else 0,
+            records_duplicate=self.writer.duplicates_for(connector_id) - entry.base_duplicates,
+            rejected_by_category={k: v for k, v in sorted(categories.items()) if v},
         )
+
+    def accounting(self, connector_id: str) -> dict[str, int]:
+        """Where every message and record of a connector went, since its last start.
+
+        ``messages_received = messages_normalized + control + rejected + gap + in_flight``
+        and ``records_produced = committed + duplicates + rejected + pending``; both
+        ``in_flight`` and ``pending`` are zero at a quiet point.
+        """
+        entry = self._last.get(connector_id)
+        if entry is None:
+            raise NotFound(f"connector {connector_id} has not run in this process")
+        stats = entry.actor.statistics()
+        counters = self.processor.counters_for(connector_id)
+        frames = counters.frames - entry.base_frames
+        control = counters.control - entry.base_control
+        rejected = counters.rejected - entry.base_rejected
+        gap = stats.gap.count if stats.gap else 0
+        produced = counters.records - entry.base_produced
+        committed = self.writer.committed_for(connector_id) - entry.base_records
+        duplicates = self.writer.duplicates_for(connector_id) - entry.base_duplicates
+        db_rejected = self.writer.rejected_for(connector_id) - entry.base_db_rejected
+        return {
+            "messages_received": stats.messages_received,
+            "messages_normalized": frames - control - rejected,
+            "messages_control": control,
+            "messages_rejected": rejected,
+            "messages_gap": gap,
+            "messages_in_flight": stats.messages_received - frames - gap,
+            "records_produced": produced,
+            "records_committed": committed,
+            "records_duplicate": duplicates,
+            "records_rejected": db_rejected,
+            "records_pending": produced - committed - duplicates - db_rejected,
+        }
 
     def known(self) -> list[str]:
         return list(self._last)

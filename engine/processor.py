@@ -17,14 +17,22 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 import attrs
 import trio
 
 from .errors import BadMessage
-from .models import Record, SourceBatch
+from .models import ErrorEvent, Record, Rejected, SourceBatch
 from .normalize import Context, Control, decode, normalizer_for
+
+Journal = Callable[[ErrorEvent | Rejected], None]
+
+
+def _discard(_: ErrorEvent | Rejected) -> None:
+    pass
+
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +67,7 @@ class ProcessorStatistics:
 class Processor:
     receive_channel: trio.MemoryReceiveChannel[SourceBatch]
     send_channel: trio.MemorySendChannel[list[Record]]
+    journal: Journal = _discard
     batches_in: int = 0
     frames_in: int = 0
     records_out: int = 0
@@ -81,11 +90,16 @@ class Processor:
         normalize = normalizer_for(batch.exchange)
         records: list[Record] = []
         for frame, ts in zip(batch.frames, batch.received_at, strict=True):
+            received_at = datetime.fromtimestamp(ts, UTC)
             try:
                 msg, raw = decode(frame)
-                result = normalize(msg, raw, ctx, datetime.fromtimestamp(ts, UTC))
+                result = normalize(msg, raw, ctx, received_at)
             except BadMessage as exc:
                 self._reject(batch.connector_id, counters, exc)
+                raw_bytes = frame if isinstance(frame, bytes) else frame.encode("utf-8", "replace")
+                self.journal(
+                    Rejected(batch.connector_id, received_at, exc.category, exc.detail, raw_bytes)
+                )
                 continue
             if isinstance(result, Control):
                 counters.control += 1
@@ -93,6 +107,9 @@ class Processor:
                     counters.exchange_errors += 1
                     counters.last_error = result.detail
                     logger.warning("connector %s: %s", batch.connector_id, result.detail)
+                    self.journal(
+                        ErrorEvent(batch.connector_id, received_at, "exchange_error", result.detail)
+                    )
                 continue
             records.extend(result)
         counters.frames += len(batch.frames)

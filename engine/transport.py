@@ -341,7 +341,7 @@ class _TrioWebsocketConnection:
             try:
                 message = await self._ws.get_message()
             except trio_websocket.ConnectionClosed as exc:
-                if exc.reason.code == 1009:  # trio-websocket closes on a too-big message
+                if exc.reason is not None and exc.reason.code == 1009:  # message too big
                     self.oversized_messages += 1
                     raise SourceUnavailable("message too big", "oversized") from exc
                 raise SourceUnavailable(f"closed by the source: {exc.reason}") from exc

@@ -21,18 +21,23 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import attrs
 import trio
 
 from .backoff import Backoff
 from .errors import BadMessage, SinkUnavailable
-from .models import Record, StoredRecord
+from .hub import HubItem
+from .models import Record, Rejected, StoredRecord
 from .storage import Database
 from .storage.records import insert_records
 
 logger = logging.getLogger(__name__)
+
+
+def _discard(_: Rejected) -> None:
+    pass
 
 
 @attrs.frozen
@@ -54,8 +59,9 @@ class WriterStatistics:
 class BatchWriter:
     db: Database
     receive_channel: trio.MemoryReceiveChannel[list[Record]]
-    send_channel: trio.MemorySendChannel[list[StoredRecord]]
+    send_channel: trio.MemorySendChannel[HubItem]
     batch_size: int = 2000
+    journal: Callable[[Rejected], None] = _discard
     max_age: float = 0.05
     batches: int = 0
     rows_committed: int = 0
@@ -68,6 +74,7 @@ class BatchWriter:
     _pending: list[Record] = attrs.field(factory=list)
     _committed: Counter[str] = attrs.field(factory=Counter)
     _rejected: Counter[str] = attrs.field(factory=Counter)
+    _duplicates: Counter[str] = attrs.field(factory=Counter)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
@@ -120,46 +127,60 @@ class BatchWriter:
                 self.sink_available = False
                 await trio.sleep(backoff.next_delay())
                 continue
-            except BadMessage:
+            except BadMessage as exc:
+                if len(records) == 1:
+                    self._reject(records[0], exc)
+                    return []
                 return await self._isolate(records)
             if not self.sink_available:
                 logger.info("writer: database available again")
             self.sink_available = True
             self.last_flush_seconds = trio.current_time() - started
-            self._count(stored, duplicates)
+            self._count(records, stored, duplicates)
             return stored
+
+    def _reject(self, record: Record, exc: BadMessage) -> None:
+        self.rows_rejected += 1
+        self._rejected[record.connector_id or ""] += 1
+        logger.warning(
+            "writer: database refused a record from connector %s (%s)", record.connector_id, exc
+        )
+        self.journal(
+            Rejected(
+                record.connector_id, record.received_at, "db_rejected", exc.detail, record.data
+            )
+        )
 
     async def _isolate(self, records: Sequence[Record]) -> list[StoredRecord]:
         """Split a refused batch until each bad record stands alone; store the rest."""
-        if len(records) == 1:
-            record = records[0]
-            self.rows_rejected += 1
-            self._rejected[record.connector_id or ""] += 1
-            logger.warning(
-                "writer: database refused a record from connector %s (%s %s)",
-                record.connector_id,
-                record.exchange,
-                record.instrument,
-            )
-            return []
         middle = len(records) // 2
         first = await self._write(records[:middle])
         second = await self._write(records[middle:])
         return first + second
 
-    def _count(self, stored: list[StoredRecord], duplicates: int) -> None:
+    def _count(
+        self, records: Sequence[Record], stored: list[StoredRecord], duplicates: int
+    ) -> None:
         self.batches += 1
         self.rows_committed += len(stored)
         self.duplicates_skipped += duplicates
         committed = self._committed
         for item in stored:
             committed[item.record.connector_id or ""] += 1
+        if duplicates:
+            # Rare (replays, retries): find whose records were skipped.
+            seen = Counter(r.connector_id or "" for r in records)
+            seen.subtract(Counter(s.record.connector_id or "" for s in stored))
+            self._duplicates.update(+seen)
 
     def committed_for(self, connector_id: str) -> int:
         return self._committed[connector_id]
 
     def rejected_for(self, connector_id: str) -> int:
         return self._rejected[connector_id]
+
+    def duplicates_for(self, connector_id: str) -> int:
+        return self._duplicates[connector_id]
 
     def statistics(self) -> WriterStatistics:
         return WriterStatistics(

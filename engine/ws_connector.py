@@ -311,9 +311,7 @@ class WebSocketConnector:
 
     def statistics(self) -> WebSocketStatistics:
         conn = self._connection
-        live = (
-            (conn.binary_messages, conn.oversized_messages, conn.pongs) if conn else (0, 0, 0)
-        )
+        live = (conn.binary_messages, conn.oversized_messages, conn.pongs) if conn else (0, 0, 0)
         binary, oversized, pongs = (a + b for a, b in zip(self._closed_counts, live, strict=True))
         gap = None
         if self._gap_total:

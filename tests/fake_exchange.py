@@ -54,6 +54,10 @@ class FakeExchange:
     port: int = 0
     connections: int = 0
     received: list[str] = attrs.field(factory=list)
+    #: ``/lossy``: the next trade id, and the ids that happened while nobody was connected.
+    next_id: int = 1
+    missed: list[int] = attrs.field(factory=list)
+    sent: list[int] = attrs.field(factory=list)
 
     def url(self, path: str) -> str:
         return f"ws://127.0.0.1:{self.port}{path}"
@@ -92,6 +96,23 @@ class FakeExchange:
                 for first in range(start, start + count, per):
                     n = min(per, start + count - first)
                     await ws.send_message(okx_trades(first, n).decode())
+            elif parts.path == "/lossy":
+                # Like a real exchange: trades go on while the client is away. Each
+                # connection gets `per_conn` trades, then is closed; `lost` trades happen
+                # before the client is back. After `total` ids the feed stays open.
+                per_conn, lost = int(query["per_conn"]), int(query["lost"])
+                total = int(query["total"])
+                if self.connections > 1 and self.next_id <= total:
+                    self.missed.extend(range(self.next_id, self.next_id + lost))
+                    self.next_id += lost
+                end = min(self.next_id + per_conn, total + 1)
+                for trade_id in range(self.next_id, end):
+                    await ws.send_message(binance_trade(trade_id).decode())
+                    self.sent.append(trade_id)
+                self.next_id = end
+                if end <= total:
+                    await ws.aclose()
+                    return
             elif parts.path == "/close-after":
                 # Sends `count` Binance trades then closes: the client must reconnect.
                 message = await ws.get_message()

@@ -109,3 +109,51 @@ async def test_feed_is_stored_once_and_broadcast_with_database_ids(
         assert realtime[db_id]["data"]["tradeId"] == trade_id  # type: ignore[index]
     assert exchange.received
     assert orjson.loads(exchange.received[0])["op"] == "subscribe"
+
+
+async def test_flapping_source_loses_nothing_silently(
+    exchange: FakeExchange, service: Service, database_dsn: str
+) -> None:
+    """B1: the source closes every 300 messages and trades go on while we reconnect.
+    Every id sent is stored exactly once; every disconnect is a recorded gap."""
+    ws_url = service.url.replace("http://", "ws://") + "/api/realtime"
+    url = exchange.url("/lossy?per_conn=300&lost=7&total=1500")
+    with trio.fail_after(60):
+        async with (
+            httpx.AsyncClient(base_url=service.url) as client,
+            trio_websocket.open_websocket_url(ws_url) as ws,
+        ):
+            await ws.get_message()
+            body = {"name": "flappy", "api_url": url, "exchange": "binance"}
+            connector_id = await create_and_start(client, body)
+            gap_events = []
+            while True:
+                event = orjson.loads(await ws.get_message())
+                if event["type"] == "gap":
+                    gap_events.append(event)
+                status = (await client.get(f"/api/connectors/{connector_id}/status")).json()
+                if status["records_stored"] == len(exchange.sent) and exchange.next_id > 1500:
+                    break
+            while len(gap_events) < 4:
+                event = orjson.loads(await ws.get_message())
+                if event["type"] == "gap":
+                    gap_events.append(event)
+            gaps = (await client.get(f"/api/connectors/{connector_id}/gaps")).json()
+            errors = (await client.get(f"/api/connectors/{connector_id}/errors")).json()
+            accounting = status["accounting"]
+
+    stored = sorted(int(t) for _, t in stored_trade_ids(database_dsn, connector_id, "t"))
+    assert stored == exchange.sent  # each sent id exactly once, none invented
+    assert len(exchange.missed) == 4 * 7
+    assert sorted(set(stored) | set(exchange.missed)) == list(range(1, 1501))
+    # Four disconnects, four recorded gaps (stored, listed and broadcast).
+    assert gaps["count"] == 4
+    assert {g["cause"] for g in gaps["data"]} == {"closed"}
+    assert all(g["gap_from"] <= g["gap_to"] for g in gaps["data"])
+    assert len(gap_events) == 4
+    assert {e["connector_id"] for e in gap_events} == {connector_id}
+    assert errors["count"] >= 4
+    assert status["reconnects"] == 4
+    assert accounting["messages_received"] == len(exchange.sent)
+    assert accounting["messages_in_flight"] == 0
+    assert accounting["records_pending"] == 0

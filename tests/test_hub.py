@@ -53,6 +53,10 @@ async def test_events_carry_the_database_id_and_raw_payload() -> None:
         "size": "2",
         "side": "buy",
         "message_type": "trade",
+        "bid_price": None,
+        "bid_size": None,
+        "ask_price": None,
+        "ask_size": None,
         "data": {"t": 7},
     }
 

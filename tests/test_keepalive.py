@@ -33,9 +33,9 @@ def fixed_backoff(delay: float) -> Backoff:
     return backoff
 
 
-def connector(spec_: ConnectorSpec, factory: PeerFactory, journal: list[object]) -> tuple[
-    WebSocketConnector, trio.MemoryReceiveChannel[SourceBatch]
-]:
+def connector(
+    spec_: ConnectorSpec, factory: PeerFactory, journal: list[object]
+) -> tuple[WebSocketConnector, trio.MemoryReceiveChannel[SourceBatch]]:
     send, receive = trio.open_memory_channel[SourceBatch](1000)
     actor = WebSocketConnector(
         spec_,

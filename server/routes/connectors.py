@@ -4,6 +4,8 @@ records a connector stored."""
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable
+from typing import Any
 
 from quart import Blueprint, Response, request
 
@@ -83,7 +85,37 @@ async def stop_connector(connector_id: str) -> Response:
 
 @bp.get("/api/connectors/<connector_id>/status")
 async def connector_status(connector_id: str) -> Response:
-    return json_response(status_json(await _status(connector_id)))
+    body = status_json(await _status(connector_id))
+    manager = engine().manager
+    if connector_id in manager.known():
+        body["accounting"] = manager.accounting(connector_id)
+    return json_response(body)
+
+
+@bp.get("/api/connectors/<connector_id>/gaps")
+async def connector_gaps(connector_id: str) -> Response:
+    """Stretches of time in which the connector may have missed data, newest first."""
+    return await _listing(connector_id, sql.list_gaps)
+
+
+@bp.get("/api/connectors/<connector_id>/errors")
+async def connector_errors(connector_id: str) -> Response:
+    """Connection and exchange errors, newest first."""
+    return await _listing(connector_id, sql.list_errors)
+
+
+@bp.get("/api/connectors/<connector_id>/rejected")
+async def connector_rejected(connector_id: str) -> Response:
+    """Dead letters: messages or records that could not be stored, with the reason."""
+    return await _listing(connector_id, sql.list_rejected)
+
+
+async def _listing(connector_id: str, query: Callable[..., list[dict[str, Any]]]) -> Response:
+    _only_args({"limit"})
+    limit = _int_arg("limit", 100, 1, MAX_LIMIT)
+    await _spec(connector_id)
+    rows = await engine().db.run(query, connector_id, limit)
+    return json_response({"data": rows, "count": len(rows)})
 
 
 @bp.get("/api/connectors/<connector_id>/data")
@@ -144,11 +176,14 @@ def _int_arg(name: str, default: int, lo: int, hi: int) -> int:
     return value
 
 
-def _data_query() -> DataQuery:
-    allowed = {"limit", "skip", "sort_by", "sort_order"}
+def _only_args(allowed: set[str]) -> None:
     for name in request.args:
         if name not in allowed:
             raise error(["query", name], "unknown query parameter", "extra_forbidden")
+
+
+def _data_query() -> DataQuery:
+    _only_args({"limit", "skip", "sort_by", "sort_order"})
     sort_by = request.args.get("sort_by") or "timestamp"
     if sort_by not in queries.SORTABLE:
         raise error(["query", "sort_by"], f"must be one of {sorted(queries.SORTABLE)}")
