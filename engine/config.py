@@ -40,6 +40,9 @@ class Settings:
     connector_buffer_bytes: int = 64 * 1024 * 1024
     realtime_max_lag: int = 20_000
     realtime_max_subscribers: int = 1000
+    save_timeout: float = 10.0
+    retention_days: int | None = None
+    retention_interval: float = 3600.0
 
     @property
     def embedded(self) -> bool:
@@ -72,6 +75,9 @@ class Settings:
                 env, "SLUICE_CONNECTOR_BUFFER_BYTES", 64 * 1024 * 1024, 1024, 2**34
             ),
             realtime_max_lag=_int(env, "SLUICE_REALTIME_MAX_LAG", 20_000, 1, 10_000_000),
+            save_timeout=_float(env, "SLUICE_SAVE_TIMEOUT", 10.0, 0.1, 3600),
+            retention_days=_int(env, "SLUICE_RETENTION_DAYS", 0, 0, 100_000) or None,
+            retention_interval=_float(env, "SLUICE_RETENTION_INTERVAL", 3600.0, 1.0, 86_400.0),
             realtime_max_subscribers=_int(
                 env, "SLUICE_REALTIME_MAX_SUBSCRIBERS", 1000, 1, 1_000_000
             ),

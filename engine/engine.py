@@ -20,7 +20,7 @@ import attrs
 import trio
 
 from .config import Settings
-from .errors import Unavailable
+from .errors import SinkUnavailable, Unavailable
 from .hub import BroadcastHub, HubItem
 from .journal import Journal
 from .manager import ConnectorManager
@@ -29,7 +29,7 @@ from .processor import Processor
 from .storage import Database
 from .supervisor import Supervisor
 from .transport import transport_named
-from .writer import BatchWriter
+from .writer import BatchWriter, WriterInput, WriteTicket
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ class Engine:
     _hub: BroadcastHub | None = None
     _manager: ConnectorManager | None = None
     _journal: Journal | None = None
-    _ingest: trio.MemorySendChannel[list[Record]] | None = None
+    _ingest: trio.MemorySendChannel[WriterInput] | None = None
     supervisors: list[Supervisor] = attrs.field(factory=list)
     _stop: trio.Event = attrs.field(factory=trio.Event)
     stopped: trio.Event = attrs.field(factory=trio.Event)
@@ -89,6 +89,29 @@ class Engine:
     def request_stop(self) -> None:
         self._stop.set()
 
+    async def save(self, records: list[Record]) -> WriteTicket:
+        """Hand records straight to the writer and wait until they are committed.
+
+        Raises :class:`EngineNotReady` while starting or draining, and
+        :class:`~engine.errors.SinkUnavailable` if the commit takes longer than
+        ``settings.save_timeout``
+        (the records may still be committed later).
+        """
+        ingest = self._ingest
+        if ingest is None or not self.accepting:
+            raise EngineNotReady("the engine is not accepting writes")
+        ticket = WriteTicket(records)
+        timeout = self.settings.save_timeout
+        with trio.move_on_after(timeout) as scope:
+            await ingest.send(ticket)
+            await ticket.done.wait()
+        if scope.cancelled_caught:
+            raise SinkUnavailable(
+                f"not committed within {timeout:g} s; it may still be, retry with the same"
+                " idempotency_key"
+            )
+        return ticket
+
     async def run(self, *, task_status: trio.TaskStatus[Engine] = trio.TASK_STATUS_IGNORED) -> None:
         s = self.settings
         try:
@@ -102,7 +125,7 @@ class Engine:
     async def _run_actors(self, db: Database, task_status: trio.TaskStatus[Engine]) -> None:
         s = self.settings
         raw_send, raw_recv = trio.open_memory_channel[SourceBatch](RAW_BATCHES)
-        rec_send, rec_recv = trio.open_memory_channel[list[Record]](RECORD_BATCHES)
+        rec_send, rec_recv = trio.open_memory_channel[WriterInput](RECORD_BATCHES)
         out_send, out_recv = trio.open_memory_channel[HubItem](STORED_BATCHES)
         journal = self._journal = Journal.create(db, out_send.clone())
         writer = self._writer = BatchWriter(
@@ -163,7 +186,7 @@ class Engine:
     def _log_dropped(
         self,
         raw_recv: trio.MemoryReceiveChannel[SourceBatch],
-        rec_recv: trio.MemoryReceiveChannel[list[Record]],
+        rec_recv: trio.MemoryReceiveChannel[WriterInput],
     ) -> None:
         writer = self.writer
         logger.error(

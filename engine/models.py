@@ -74,6 +74,7 @@ class Record:
     bid_size: str | None = None
     ask_price: str | None = None
     ask_size: str | None = None
+    batch_id: int | None = None
 
 
 @attrs.frozen(slots=True)

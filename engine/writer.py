@@ -40,6 +40,27 @@ def _discard(_: Rejected) -> None:
     pass
 
 
+@attrs.define(eq=False)
+class WriteTicket:
+    """Records whose sender waits for their commit (``POST /api/websocket/save``).
+
+    When ``done`` is set, ``ids[i]`` is the database id of ``records[i]``, or ``None`` if it
+    was already stored (duplicate) or refused (its reason in ``rejected``).
+    """
+
+    records: list[Record]
+    done: trio.Event = attrs.field(factory=trio.Event)
+    ids: list[int | None] = attrs.field(init=False)
+    rejected: dict[int, str] = attrs.field(factory=dict)
+    _end: int = 0
+
+    def __attrs_post_init__(self) -> None:
+        self.ids = [None] * len(self.records)
+
+
+WriterInput = list[Record] | WriteTicket
+
+
 @attrs.frozen
 class WriterStatistics:
     batches: int
@@ -58,7 +79,7 @@ class WriterStatistics:
 @attrs.define(eq=False)
 class BatchWriter:
     db: Database
-    receive_channel: trio.MemoryReceiveChannel[list[Record]]
+    receive_channel: trio.MemoryReceiveChannel[WriterInput]
     send_channel: trio.MemorySendChannel[HubItem]
     batch_size: int = 2000
     journal: Callable[[Rejected], None] = _discard
@@ -75,6 +96,9 @@ class BatchWriter:
     _committed: Counter[str] = attrs.field(factory=Counter)
     _rejected: Counter[str] = attrs.field(factory=Counter)
     _duplicates: Counter[str] = attrs.field(factory=Counter)
+    _tickets: list[WriteTicket] = attrs.field(factory=list)
+    _taken: int = 0  # records ever taken in; with _flushed, says which tickets are done
+    _flushed: int = 0
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
@@ -85,14 +109,14 @@ class BatchWriter:
         while open_:
             if not self._pending:
                 try:
-                    self._pending.extend(await self.receive_channel.receive())
+                    self._take(await self.receive_channel.receive())
                 except trio.EndOfChannel:
                     break
             deadline = trio.current_time() + self.max_age
             while len(self._pending) < self.batch_size:
                 with trio.move_on_at(deadline):
                     try:
-                        self._pending.extend(await self.receive_channel.receive())
+                        self._take(await self.receive_channel.receive())
                     except trio.EndOfChannel:
                         open_ = False
                         break
@@ -100,6 +124,18 @@ class BatchWriter:
                 break
             await self._flush()
         self.send_channel.close()
+        for ticket in self._tickets:  # only reachable if the input ended mid-batch
+            ticket.done.set()
+
+    def _take(self, item: WriterInput) -> None:
+        if isinstance(item, WriteTicket):
+            self._pending.extend(item.records)
+            self._taken += len(item.records)
+            item._end = self._taken
+            self._tickets.append(item)
+        else:
+            self._pending.extend(item)
+            self._taken += len(item)
 
     async def _flush(self) -> None:
         while self._pending:
@@ -109,9 +145,21 @@ class BatchWriter:
                 by_source.setdefault(record.source, []).append(record)
             for records in by_source.values():
                 stored = await self._write(records)
+                if self._tickets:
+                    self._note_ids(stored)
                 if stored:
                     await self.send_channel.send(stored)
             del self._pending[: len(chunk)]
+            self._flushed += len(chunk)
+            while self._tickets and self._tickets[0]._end <= self._flushed:
+                self._tickets.pop(0).done.set()
+
+    def _note_ids(self, stored: list[StoredRecord]) -> None:
+        ids = {id(item.record): item.id for item in stored}
+        for ticket in self._tickets:
+            for i, record in enumerate(ticket.records):
+                if id(record) in ids:
+                    ticket.ids[i] = ids[id(record)]
 
     async def _write(self, records: Sequence[Record]) -> list[StoredRecord]:
         backoff = Backoff(base=0.1, cap=5.0)
@@ -140,6 +188,10 @@ class BatchWriter:
             return stored
 
     def _reject(self, record: Record, exc: BadMessage) -> None:
+        for ticket in self._tickets:
+            for i, candidate in enumerate(ticket.records):
+                if candidate is record:
+                    ticket.rejected[i] = exc.detail
         self.rows_rejected += 1
         self._rejected[record.connector_id or ""] += 1
         logger.warning(

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
+import trio
 from quart import current_app, request
 
 from engine.engine import Engine
@@ -12,6 +13,12 @@ from engine.engine import Engine
 from .validation import error
 
 ENGINE_KEY = "sluice.engine"
+
+
+def background() -> trio.Nursery:
+    """The app's nursery (quart-trio), for tasks that outlive one handler step."""
+    nursery: trio.Nursery = current_app.nursery  # type: ignore[attr-defined]
+    return nursery
 
 
 def engine() -> Engine:

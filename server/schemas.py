@@ -79,6 +79,64 @@ class ConnectorCreate:
     )
 
 
+def _json_container(value: Any) -> bool:
+    return isinstance(value, dict | list)
+
+
+def _optional_text(limit: int) -> Any:
+    return check(lambda v: v is None or 0 < len(v) <= limit, f"must be 1 to {limit} characters")
+
+
+@attrs.frozen
+class SaveMessage:
+    """Body of ``POST /api/websocket/save`` (and each item of ``save-batch``).
+
+    ``data`` is the raw message, normalized by ``exchange``'s normalizer (``custom``: the
+    generic one). The other fields override what the normalizer found.
+    """
+
+    data: Any = attrs.field(validator=check(_json_container, "must be a JSON object or array"))
+    exchange: str = attrs.field(
+        default="custom",
+        validator=check(
+            lambda v: 0 < len(v) <= 50 and v.replace("_", "").isalnum(),
+            "must be 1 to 50 letters, digits or underscores",
+        ),
+    )
+    connector_id: str | None = attrs.field(default=None, validator=_optional_text(100))
+    instrument: str | None = attrs.field(default=None, validator=_optional_text(200))
+    price: Any = None
+    size: Any = None
+    side: str | None = attrs.field(default=None, validator=_optional_text(20))
+    message_type: str | None = attrs.field(default=None, validator=_optional_text(64))
+    timestamp: Any = None
+    idempotency_key: str | None = attrs.field(default=None, validator=_optional_text(200))
+
+
+MAX_BATCH_MESSAGES = 10_000
+
+
+@attrs.frozen
+class SaveBatch:
+    """Body of ``POST /api/websocket/save-batch``."""
+
+    messages: list[SaveMessage] = attrs.field(
+        validator=check(
+            lambda v: 0 < len(v) <= MAX_BATCH_MESSAGES,
+            f"must hold 1 to {MAX_BATCH_MESSAGES} messages",
+        )
+    )
+    metrics: dict[str, Any] = attrs.field(factory=dict)
+    connector_id: str | None = attrs.field(default=None, validator=_optional_text(100))
+    exchange: str = attrs.field(
+        default="custom",
+        validator=check(
+            lambda v: 0 < len(v) <= 50 and v.replace("_", "").isalnum(),
+            "must be 1 to 50 letters, digits or underscores",
+        ),
+    )
+
+
 @attrs.frozen
 class DataQuery:
     """Query parameters of ``GET /api/connectors/{id}/data``."""
@@ -126,5 +184,23 @@ def record_json(row: dict[str, Any]) -> dict[str, Any]:
         "size": None if size is None else str(size),
         "side": row["side"],
         "message_type": row["message_type"],
+        **{
+            key: None if row[key] is None else str(row[key])
+            for key in ("bid_price", "bid_size", "ask_price", "ask_size")
+            if key in row
+        },
+        **({"batch_id": row["batch_id"]} if "batch_id" in row else {}),
         "data": orjson.Fragment(row["data"]),
+    }
+
+
+def batch_json(row: dict[str, Any]) -> dict[str, Any]:
+    """A ``websocket_batches`` row (``metrics`` selected as JSON text)."""
+    return {
+        "id": row["id"],
+        "connector_id": row["connector_id"],
+        "exchange": row["exchange"],
+        "message_count": row["message_count"],
+        "metrics": orjson.Fragment(row["metrics"]),
+        "received_at": row["received_at"],
     }

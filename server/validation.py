@@ -84,6 +84,12 @@ def _mapping_hook(value: Any, type_: Any) -> Any:
     return {converter.structure(k, str): converter.structure(v, str) for k, v in value.items()}
 
 
+def _object_hook(value: Any, _: Any) -> Any:
+    if not isinstance(value, dict):
+        raise TypeError(f"expected object, got {_json_type(value)}")
+    return value
+
+
 def _is_list(type_: Any) -> bool:
     return get_origin(type_) is list
 
@@ -95,13 +101,23 @@ def _list_hook(value: Any, type_: Any) -> Any:
     (item_type,) = get_args(type_) or (Any,)
     if item_type is Any:
         return list(value)
-    return [converter.structure(item, item_type) for item in value]
+    items, errors = [], []
+    for index, item in enumerate(value):
+        try:
+            items.append(converter.structure(item, item_type))
+        except Exception as exc:
+            exc.add_note(IterableValidationNote(f"@ index {index}", index, item_type))
+            errors.append(exc)
+    if errors:
+        raise IterableValidationError(f"While structuring {type_}", errors, type_)
+    return items
 
 
 converter = cattrs.Converter(forbid_extra_keys=True, detailed_validation=True)
 for _t in (str, int, float, bool):
     converter.register_structure_hook(_t, _strict(_t))
 converter.register_structure_hook_func(lambda t: t == dict[str, str], _mapping_hook)
+converter.register_structure_hook_func(lambda t: t == dict[str, Any], _object_hook)
 converter.register_structure_hook_func(_is_list, _list_hook)
 
 

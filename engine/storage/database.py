@@ -14,14 +14,15 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import psycopg
 import psycopg_pool
 import trio
-from psycopg import pq
+from psycopg import pq, sql
 from psycopg.adapt import Dumper
+from psycopg.rows import dict_row
 
 from ..config import Settings
 from ..errors import BadMessage, ConfigurationError, SinkUnavailable
@@ -140,6 +141,43 @@ class Database:
             raise BadMessage("db_rejected", _first_line(exc)) from exc
         except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
             raise SinkUnavailable(f"database unavailable: {_first_line(exc)}") from exc
+
+    async def stream(
+        self,
+        query: sql.Composed,
+        params: Sequence[Any],
+        send_channel: trio.MemorySendChannel[list[dict[str, Any]]],
+        chunk: int = 1000,
+    ) -> None:
+        """Run ``query`` with a server-side cursor and send its rows in chunks.
+
+        The worker thread holds one pooled connection for the whole scan and waits for the
+        receiver between chunks (backpressure), so a large result never sits in memory. It
+        stops early, returning the connection, when the receiver goes away. The send
+        channel is closed at the end.
+        """
+        token = trio.lowlevel.current_trio_token()
+
+        def scan() -> None:
+            with (
+                self._pool.connection() as conn,
+                conn.cursor(name="sluice_stream", row_factory=dict_row) as cur,
+            ):
+                cur.itersize = chunk
+                cur.execute(query, params)
+                while rows := cur.fetchmany(chunk):
+                    try:
+                        trio.from_thread.run(send_channel.send, rows, trio_token=token)
+                    except (trio.BrokenResourceError, trio.ClosedResourceError):
+                        return
+
+        with send_channel:
+            try:
+                await trio.to_thread.run_sync(scan, limiter=self._limiter)
+            except psycopg_pool.PoolTimeout as exc:
+                raise SinkUnavailable("no database connection available") from exc
+            except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+                raise SinkUnavailable(f"database unavailable: {_first_line(exc)}") from exc
 
     def statistics(self) -> dict[str, int]:
         return dict(self._pool.get_stats())

@@ -137,6 +137,12 @@ MIGRATIONS: list[tuple[int, str, str]] = [
             ADD COLUMN bid_price numeric, ADD COLUMN bid_size numeric,
             ADD COLUMN ask_price numeric, ADD COLUMN ask_size numeric;
 
+        -- Records saved through the API without a connector are deduplicated too.
+        CREATE UNIQUE INDEX websocket_messages_dedup_unowned
+            ON websocket_messages (dedup_key) WHERE connector_id IS NULL;
+        CREATE UNIQUE INDEX api_connector_data_dedup_unowned
+            ON api_connector_data (dedup_key) WHERE connector_id IS NULL;
+
         ALTER TABLE connector_status
             ADD COLUMN messages_gap bigint NOT NULL DEFAULT 0,
             ADD COLUMN records_duplicate bigint NOT NULL DEFAULT 0,

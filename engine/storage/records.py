@@ -20,8 +20,9 @@ TABLES = {"websocket": "websocket_messages", "rest": "api_connector_data"}
 
 
 _COPY = (
-    "COPY sluice_staging (ord, connector_id, exchange, instrument, price, size, side,"
-    ' message_type, "timestamp", received_at, data, dedup_key) FROM STDIN (FORMAT BINARY)'
+    "COPY sluice_staging_v2 (ord, connector_id, exchange, instrument, price, size, side,"
+    ' message_type, "timestamp", received_at, data, dedup_key, bid_price, bid_size,'
+    " ask_price, ask_size, batch_id) FROM STDIN (FORMAT BINARY)"
 )
 _COPY_TYPES = [
     "int4",
@@ -36,16 +37,25 @@ _COPY_TYPES = [
     "timestamptz",
     "jsonb",
     "text",
+    "text",
+    "text",
+    "text",
+    "text",
+    "int8",
 ]
 _INSERT = """
 INSERT INTO {table} (connector_id, exchange, instrument, price, size, side, message_type,
-                     "timestamp", received_at, data, dedup_key)
+                     "timestamp", received_at, data, dedup_key,
+                     bid_price, bid_size, ask_price, ask_size{extra})
 SELECT connector_id, exchange, instrument, price::numeric, size::numeric, side, message_type,
-       "timestamp", received_at, data, dedup_key
-FROM sluice_staging ORDER BY ord
+       "timestamp", received_at, data, dedup_key,
+       bid_price::numeric, bid_size::numeric, ask_price::numeric, ask_size::numeric{extra}
+FROM sluice_staging_v2 ORDER BY ord
 ON CONFLICT DO NOTHING
 RETURNING id, connector_id, dedup_key
 """
+# websocket_messages keeps the batch a saved message arrived in.
+_EXTRA = {"websocket": ", batch_id", "rest": ""}
 
 
 def insert_records(
@@ -77,9 +87,14 @@ def insert_records(
                         r.received_at,
                         RawJsonb(r.data),
                         r.dedup_key,
+                        r.bid_price,
+                        r.bid_size,
+                        r.ask_price,
+                        r.ask_size,
+                        r.batch_id,
                     )
                 )
-        cur.execute(_INSERT.format(table=table).encode())
+        cur.execute(_INSERT.format(table=table, extra=_EXTRA[records[0].source]).encode())
         inserted = cur.fetchall()
     by_key = {(r.connector_id, r.dedup_key): r for r in records}
     stored = [StoredRecord(id=row[0], record=by_key[(row[1], row[2])]) for row in inserted]

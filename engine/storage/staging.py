@@ -4,7 +4,7 @@ Created once per pooled connection; ``ON COMMIT DELETE ROWS`` empties it after e
 """
 
 STAGING_DDL = b"""
-CREATE TEMP TABLE IF NOT EXISTS sluice_staging (
+CREATE TEMP TABLE IF NOT EXISTS sluice_staging_v2 (
     ord           integer NOT NULL,
     connector_id  text,
     exchange      text NOT NULL,
@@ -16,6 +16,11 @@ CREATE TEMP TABLE IF NOT EXISTS sluice_staging (
     "timestamp"   timestamptz NOT NULL,
     received_at   timestamptz NOT NULL,
     data          jsonb NOT NULL,
-    dedup_key     text NOT NULL
+    dedup_key     text NOT NULL,
+    bid_price     text,
+    bid_size      text,
+    ask_price     text,
+    ask_size      text,
+    batch_id      bigint
 ) ON COMMIT DELETE ROWS
 """

@@ -17,6 +17,7 @@ from engine.storage import queries
 from engine.storage.records import TABLES
 
 from ..context import engine, json_body
+from ..params import int_arg, only_args
 from ..responses import json_response
 from ..schemas import ConnectorCreate, DataQuery, connector_json, record_json, status_json
 from ..validation import error, structure
@@ -111,8 +112,8 @@ async def connector_rejected(connector_id: str) -> Response:
 
 
 async def _listing(connector_id: str, query: Callable[..., list[dict[str, Any]]]) -> Response:
-    _only_args({"limit"})
-    limit = _int_arg("limit", 100, 1, MAX_LIMIT)
+    only_args({"limit"})
+    limit = int_arg("limit", 100, 1, MAX_LIMIT)
     await _spec(connector_id)
     rows = await engine().db.run(query, connector_id, limit)
     return json_response({"data": rows, "count": len(rows)})
@@ -163,36 +164,17 @@ def _status_word(connector_id: str, stored: dict[str, str]) -> str:
     return stored.get(connector_id, "inactive")
 
 
-def _int_arg(name: str, default: int, lo: int, hi: int) -> int:
-    raw = request.args.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise error(["query", name], "must be an integer", "type_error") from None
-    if not lo <= value <= hi:
-        raise error(["query", name], f"must be between {lo} and {hi}")
-    return value
-
-
-def _only_args(allowed: set[str]) -> None:
-    for name in request.args:
-        if name not in allowed:
-            raise error(["query", name], "unknown query parameter", "extra_forbidden")
-
-
 def _data_query() -> DataQuery:
-    _only_args({"limit", "skip", "sort_by", "sort_order"})
+    only_args({"limit", "skip", "sort_by", "sort_order"})
     sort_by = request.args.get("sort_by") or "timestamp"
     if sort_by not in queries.SORTABLE:
         raise error(["query", "sort_by"], f"must be one of {sorted(queries.SORTABLE)}")
-    sort_order = _int_arg("sort_order", -1, -1, 1)
+    sort_order = int_arg("sort_order", -1, -1, 1)
     if sort_order == 0:
         raise error(["query", "sort_order"], "must be -1 (descending) or 1 (ascending)")
     return DataQuery(
-        limit=_int_arg("limit", 100, 1, MAX_LIMIT),
-        skip=_int_arg("skip", 0, 0, MAX_SKIP),
+        limit=int_arg("limit", 100, 1, MAX_LIMIT),
+        skip=int_arg("skip", 0, 0, MAX_SKIP),
         sort_by=sort_by,
         sort_order=sort_order,
     )
