@@ -166,10 +166,14 @@ class BroadcastHub:
     lagged_disconnects: int = 0
     _subscribers: set[Subscription] = attrs.field(factory=set)
 
+    @property
+    def full(self) -> bool:
+        return len(self._subscribers) >= self.max_subscribers
+
     @contextlib.contextmanager
     def subscribe(self, filter_: Filter = EVERYTHING) -> Iterator[Subscription]:
         """Register a subscriber; raises :class:`TooManySubscribers` at the cap."""
-        if len(self._subscribers) >= self.max_subscribers:
+        if self.full:
             raise TooManySubscribers(f"at most {self.max_subscribers} realtime subscribers")
         send, receive = trio.open_memory_channel[list[str]](QUEUE_BATCHES)
         sub = Subscription(receive, send, filter_)

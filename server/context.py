@@ -26,9 +26,12 @@ def engine() -> Engine:
     return found
 
 
-async def json_body() -> Any:
-    """The request body parsed as JSON, or a 422 naming ``body``."""
+async def json_body(*, empty: Any = ...) -> Any:
+    """The request body parsed as JSON, or a 422 naming ``body``. An empty body is an
+    error unless ``empty`` gives the value to use instead."""
     raw = await request.get_data(cache=False)
+    if empty is not ... and not raw.strip():
+        return empty
     try:
         return orjson.loads(raw)
     except orjson.JSONDecodeError:

@@ -1,37 +1,167 @@
-"""``WS /api/realtime``: every committed record, one ``data_update`` JSON text frame each.
+"""``WS /api/realtime``: committed records (and gap notices) pushed as they commit.
 
-The subscription is a plain context manager, so it is released when the client leaves
-and Quart cancels the handler. A subscriber that falls behind is sent
-``{"type": "lagged"}`` and closed with 1008; on server shutdown subscribers are closed
-with 1001 (going away).
+Protocol:
+
+* On connect the server sends ``{"type": "connected"}``. Query parameters
+  ``connector_id``, ``exchange``, ``instrument``, ``types`` (comma-separated) and
+  ``batch=true`` set the initial subscription.
+* The client may send ``{"action": "subscribe", "connector_id"?, "exchange"?,
+  "instrument"?, "types"?, "batch"?}`` at any time to replace its filter; the server
+  answers ``{"type": "subscribed", ...}``. ``{"action": "ping"}`` is answered with
+  ``{"type": "pong"}``. Anything else gets ``{"type": "error", "detail": ...}``.
+* Default framing is one ``data_update`` object per text frame. With ``batch`` on, each
+  frame is ``{"type": "data_batch", "records": [...]}``.
+* A subscriber that falls behind gets ``{"type": "lagged"}`` and is closed with 1008; on
+  server shutdown subscribers are closed with 1001. Past the subscriber cap the upgrade is
+  refused with ``503``.
+
+The subscription is a plain context manager, so it is released when the client leaves and
+Quart cancels the handler.
 """
 
 from __future__ import annotations
 
-import orjson
-from quart import Blueprint, websocket
+from datetime import UTC, datetime
+from typing import Any
 
-from ..context import engine
+import orjson
+import trio
+from quart import Blueprint, Response, websocket
+
+from engine.hub import Filter, Notice, Subscription
+
+from ..context import engine, json_body
+from ..responses import detail, json_response
+from ..validation import error
 
 bp = Blueprint("realtime", __name__)
 
 CLOSE_GOING_AWAY = 1001
 CLOSE_POLICY = 1008
+MAX_CLIENT_MESSAGE = 4096
+
+
+def _text(value: Any, name: str) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not 0 < len(value) <= 200:
+        raise ValueError(f"{name} must be a string of 1 to 200 characters")
+    return value
+
+
+def parse_filter(spec: dict[str, Any]) -> tuple[Filter, bool]:
+    """A subscription request → (filter, batch mode); ValueError names the bad field."""
+    unknown = set(spec) - {"action", "connector_id", "exchange", "instrument", "types", "batch"}
+    if unknown:
+        raise ValueError(f"unknown field {sorted(unknown)[0]}")
+    types = spec.get("types")
+    if isinstance(types, str):
+        types = [t for t in types.split(",") if t]
+    if types is not None and (
+        not isinstance(types, list) or not all(isinstance(t, str) and t for t in types)
+    ):
+        raise ValueError("types must be a list of strings")
+    batch = spec.get("batch", False)
+    if isinstance(batch, str):
+        if batch.lower() not in ("1", "0", "true", "false", "yes", "no"):
+            raise ValueError("batch must be true or false")
+        batch = batch.lower() in ("1", "true", "yes")
+    if not isinstance(batch, bool):
+        raise ValueError("batch must be a boolean")
+    return (
+        Filter(
+            connector_id=_text(spec.get("connector_id"), "connector_id"),
+            exchange=_text(spec.get("exchange"), "exchange"),
+            instrument=_text(spec.get("instrument"), "instrument"),
+            types=frozenset(types) if types else None,
+        ),
+        batch,
+    )
+
+
+def _describe(f: Filter, batch: bool) -> dict[str, Any]:
+    return {
+        "type": "subscribed",
+        "connector_id": f.connector_id,
+        "exchange": f.exchange,
+        "instrument": f.instrument,
+        "types": sorted(f.types) if f.types else None,
+        "batch": batch,
+    }
+
+
+async def _send(text: str) -> None:
+    await websocket.send(text)
 
 
 @bp.websocket("/api/realtime")
-async def realtime() -> None:
+async def realtime() -> Response | None:
     hub = engine().hub
-    await websocket.accept()
-    with hub.subscribe() as sub:
-        await websocket.send(orjson.dumps({"type": "connected"}).decode())
-        async for frames in sub:
-            for frame in frames:
-                await websocket.send(frame)
+    try:
+        initial, batch = parse_filter(dict(websocket.args))
+    except ValueError as exc:
+        return detail(str(exc), 422)
+    if hub.full:
+        return detail(f"at most {hub.max_subscribers} realtime subscribers", 503)
+    with hub.subscribe(initial) as sub:  # no await since the check: no race
+        await websocket.accept()
+        await _send('{"type":"connected"}')
+        mode = {"batch": batch}
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_listen, sub, mode)
+            async for frames in sub:
+                if mode["batch"]:
+                    await _send('{"type":"data_batch","records":[' + ",".join(frames) + "]}")
+                else:
+                    for frame in frames:
+                        await _send(frame)
+            nursery.cancel_scope.cancel()
         reason = sub.closed_reason
     if reason == "lagged":
         notice = {"type": "lagged", "detail": "subscriber fell behind; reconnect to resume"}
-        await websocket.send(orjson.dumps(notice).decode())
+        await _send(orjson.dumps(notice).decode())
         await websocket.close(CLOSE_POLICY, "lagged")
-    else:
+    elif reason == "shutdown":
         await websocket.close(CLOSE_GOING_AWAY, "server shutting down")
+    return None
+
+
+async def _listen(sub: Subscription, mode: dict[str, bool]) -> None:
+    """Handle client messages: filter changes and pings."""
+    while True:
+        raw = await websocket.receive()
+        try:
+            if len(raw) > MAX_CLIENT_MESSAGE:
+                raise ValueError("message too long")
+            message = orjson.loads(raw)
+            if not isinstance(message, dict):
+                raise ValueError("expected a JSON object")
+            action = message.get("action")
+            if action == "ping":
+                await _send('{"type":"pong"}')
+            elif action == "subscribe":
+                sub.filter, mode["batch"] = parse_filter(message)
+                await _send(orjson.dumps(_describe(sub.filter, mode["batch"])).decode())
+            else:
+                raise ValueError("action must be subscribe or ping")
+        except (ValueError, orjson.JSONDecodeError) as exc:
+            await _send(orjson.dumps({"type": "error", "detail": str(exc)}).decode())
+
+
+@bp.post("/api/realtime/test")
+async def realtime_test() -> Response:
+    """Broadcast a test message; answer how many subscribers it reached."""
+    body = await json_body(empty={})
+    if not isinstance(body, dict):
+        raise error(["body"], "expected a JSON object", "type_error")
+    for key in body:
+        if key != "message":
+            raise error(["body", key], "extra fields not permitted", "extra_forbidden")
+    payload = {
+        "type": "test",
+        "message": body.get("message", "test message"),
+        "timestamp": datetime.now(UTC),
+    }
+    hub = engine().hub
+    delivered = hub.publish_notice(Notice(None, payload))
+    return json_response({"delivered": delivered, "subscribers": hub.statistics().subscribers})
