@@ -6,6 +6,7 @@ serialization methods.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any, Literal
 
@@ -88,12 +89,16 @@ class StoredRecord:
 @attrs.frozen(slots=True)
 class SourceBatch:
     """Raw frames from one connector, in arrival order, with their receive times
-    (``time.time()`` seconds). Actors pass batches, never single frames."""
+    (``time.time()`` seconds). Actors pass batches, never single frames.
+
+    ``normalizer`` is the connector's own (a field mapping); ``None`` means the exchange's.
+    """
 
     connector_id: str
     exchange: str
     frames: list[bytes | str]
     received_at: list[float]
+    normalizer: Callable[..., Any] | None = None
 
 
 @attrs.frozen

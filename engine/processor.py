@@ -87,7 +87,7 @@ class Processor:
         if counters is None:
             counters = self._sources[batch.connector_id] = SourceCounters()
         ctx = Context(batch.connector_id, batch.exchange)
-        normalize = normalizer_for(batch.exchange)
+        normalize = batch.normalizer or normalizer_for(batch.exchange)
         records: list[Record] = []
         for frame, ts in zip(batch.frames, batch.received_at, strict=True):
             received_at = datetime.fromtimestamp(ts, UTC)

@@ -42,6 +42,7 @@ import trio
 from .backoff import Backoff
 from .errors import SourceUnavailable
 from .models import ConnectorSpec, ErrorEvent, GapEvent, SourceBatch
+from .normalize import Normalizer, normalizer_for
 from .transport import Connection, Transport
 
 logger = logging.getLogger(__name__)
@@ -122,6 +123,11 @@ class WebSocketConnector:
     _read_scope: trio.CancelScope | None = None
     _stop_requested: bool = False
     _reading_done: bool = False
+    _normalizer: Normalizer | None = None
+
+    def __attrs_post_init__(self) -> None:
+        if self.spec.field_mapping:
+            self._normalizer = normalizer_for(self.spec.exchange, self.spec.field_mapping)
 
     @property
     def connector_id(self) -> str:
@@ -292,7 +298,9 @@ class WebSocketConnector:
             frames, times = self._frames, self._times
             self._frames, self._times = [], []
             size = sum(len(f) for f in frames)
-            batch = SourceBatch(self.connector_id, self.spec.exchange, frames, times)
+            batch = SourceBatch(
+                self.connector_id, self.spec.exchange, frames, times, self._normalizer
+            )
             try:
                 if self._reading_done:
                     with trio.move_on_after(FLUSH_ON_STOP_SECONDS, shield=True) as scope:

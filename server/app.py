@@ -21,7 +21,7 @@ from engine.engine import Engine
 
 from .context import ENGINE_KEY
 from .responses import install_error_handlers
-from .routes import connectors, realtime, system, websocket_data
+from .routes import connectors, normalize, realtime, system, websocket_data
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ def create_app(engine: Engine | None = None, settings: Settings | None = None) -
     app.config["BACKGROUND_TASK_SHUTDOWN_TIMEOUT"] = engine.settings.drain_timeout + 5
     install_error_handlers(app)
     _install_cors(app, engine.settings.allowed_origins)
-    for module in (connectors, system, realtime, websocket_data):
+    for module in (connectors, system, realtime, websocket_data, normalize):
         app.register_blueprint(module.bp)
 
     if owns_engine:

@@ -11,7 +11,8 @@ from urllib.parse import urlsplit
 import attrs
 import orjson
 
-from engine.models import ConnectorSpec, ConnectorStatus
+from engine.models import ConnectorSpec, ConnectorStatus, Record
+from engine.normalize import FieldMapping
 from engine.sources import protocol_for
 
 from .validation import check
@@ -28,6 +29,20 @@ def _valid_url(url: str) -> bool:
         return False
     parts = urlsplit(url)
     return protocol_for(url) is not None and bool(parts.hostname)
+
+
+def _optional_text(limit: int) -> Any:
+    return check(lambda v: v is None or 0 < len(v) <= limit, f"must be 1 to {limit} characters")
+
+
+def _valid_mapping(value: dict[str, str] | None) -> bool:
+    if value is None:
+        return True
+    try:
+        FieldMapping.from_dict(value)
+    except ValueError:
+        return False
+    return True
 
 
 def _small_json_list(value: list[Any]) -> bool:
@@ -77,14 +92,30 @@ class ConnectorCreate:
             "must be 1 to 50 letters, digits or underscores",
         ),
     )
+    ping_interval: float = attrs.field(
+        default=20.0, validator=check(lambda v: v == 0 or 1 <= v <= 3600, "0 or 1 to 3600 s")
+    )
+    pong_timeout: float = attrs.field(
+        default=10.0, validator=check(lambda v: 1 <= v <= 600, "must be 1 to 600 s")
+    )
+    stale_timeout: float = attrs.field(
+        default=0.0, validator=check(lambda v: v == 0 or 1 <= v <= 86_400, "0 or 1 to 86400 s")
+    )
+    app_ping: str | None = attrs.field(default=None, validator=_optional_text(1000))
+    app_ping_interval: float = attrs.field(
+        default=25.0, validator=check(lambda v: 1 <= v <= 3600, "must be 1 to 3600 s")
+    )
+    field_mapping: dict[str, str] | None = attrs.field(
+        default=None, validator=check(_valid_mapping, "must map known fields to dotted paths")
+    )
+    retention_days: int | None = attrs.field(
+        default=None,
+        validator=check(lambda v: v is None or 1 <= v <= 100_000, "must be 1 to 100000 days"),
+    )
 
 
 def _json_container(value: Any) -> bool:
     return isinstance(value, dict | list)
-
-
-def _optional_text(limit: int) -> Any:
-    return check(lambda v: v is None or 0 < len(v) <= limit, f"must be 1 to {limit} characters")
 
 
 @attrs.frozen
@@ -111,6 +142,40 @@ class SaveMessage:
     message_type: str | None = attrs.field(default=None, validator=_optional_text(64))
     timestamp: Any = None
     idempotency_key: str | None = attrs.field(default=None, validator=_optional_text(200))
+
+
+@attrs.frozen
+class Preview:
+    """Body of ``POST /api/normalize/preview``: a raw message (JSON, or a string holding
+    the frame's text) and whose normalizer to use."""
+
+    message: Any
+    connector_id: str | None = attrs.field(default=None, validator=_optional_text(100))
+    exchange: str | None = attrs.field(default=None, validator=_optional_text(50))
+    field_mapping: dict[str, str] | None = attrs.field(
+        default=None, validator=check(_valid_mapping, "must map known fields to dotted paths")
+    )
+
+
+def preview_json(r: Record) -> dict[str, Any]:
+    """A record as a preview shows it: every column, no database id yet."""
+    return {
+        "connector_id": r.connector_id,
+        "exchange": r.exchange,
+        "instrument": r.instrument,
+        "price": r.price,
+        "size": r.size,
+        "side": r.side,
+        "message_type": r.message_type,
+        "timestamp": r.timestamp,
+        "received_at": r.received_at,
+        "bid_price": r.bid_price,
+        "bid_size": r.bid_size,
+        "ask_price": r.ask_price,
+        "ask_size": r.ask_size,
+        "dedup_key": r.dedup_key,
+        "data": orjson.Fragment(r.data),
+    }
 
 
 MAX_BATCH_MESSAGES = 10_000
@@ -160,6 +225,13 @@ def connector_json(spec: ConnectorSpec, status: str) -> dict[str, Any]:
         "auth_type": spec.auth_type,
         "polling_interval": spec.polling_interval,
         "subscribe_messages": spec.subscribe_messages,
+        "ping_interval": spec.ping_interval,
+        "pong_timeout": spec.pong_timeout,
+        "stale_timeout": spec.stale_timeout,
+        "app_ping": spec.app_ping,
+        "app_ping_interval": spec.app_ping_interval,
+        "field_mapping": spec.field_mapping,
+        "retention_days": spec.retention_days,
         "status": status,
         "created_at": spec.created_at,
         "updated_at": spec.updated_at,

@@ -232,3 +232,68 @@ async def test_database_outage_gives_503_while_server_and_realtime_stay_up(
     service.stop()
     with trio.fail_after(30):
         await service.engine.stopped.wait()
+
+
+async def test_keepalive_and_mapping_options_round_trip(client: httpx.AsyncClient) -> None:
+    body = {
+        "name": "okx",
+        "api_url": "wss://ws.okx.com:8443/ws/v5/public",
+        "stale_timeout": 60,
+        "field_mapping": None,
+        "retention_days": 7,
+    }
+    created = (await client.post("/api/connectors", json=body)).json()
+    assert created["app_ping"] == "ping"  # OKX needs its text ping; set by default
+    assert (created["ping_interval"], created["pong_timeout"]) == (20.0, 10.0)
+    assert (created["stale_timeout"], created["retention_days"]) == (60.0, 7)
+    custom = {
+        "name": "custom",
+        "api_url": "ws://127.0.0.1:1/feed",
+        "field_mapping": {"price": "p", "instrument": "$.sym"},
+    }
+    created = (await client.post("/api/connectors", json=custom)).json()
+    assert created["app_ping"] is None
+    assert created["field_mapping"] == {"price": "p", "instrument": "$.sym"}
+    bad = {**custom, "field_mapping": {"colour": "x"}}
+    response = await client.post("/api/connectors", json=bad)
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["loc"] == ["body", "field_mapping"]
+
+
+async def test_normalize_preview(client: httpx.AsyncClient) -> None:
+    okx = {
+        "arg": {"channel": "trades", "instId": "BTC-USDT"},
+        "data": [
+            {
+                "instId": "BTC-USDT",
+                "tradeId": "1",
+                "px": "1.5",
+                "sz": "2",
+                "side": "buy",
+                "ts": "1630048897897",
+            }
+        ],
+    }
+    response = await client.post("/api/normalize/preview", json={"message": okx, "exchange": "okx"})
+    assert response.status_code == 200
+    [record] = response.json()["records"]
+    assert (record["instrument"], record["price"], record["dedup_key"]) == (
+        "BTC-USDT",
+        "1.5",
+        "t:BTC-USDT:1",
+    )
+    ack = await client.post("/api/normalize/preview", json={"message": "pong", "exchange": "okx"})
+    assert ack.json()["control"] == {"kind": "pong", "detail": ""}
+    mapped = await client.post(
+        "/api/normalize/preview",
+        json={"message": {"q": {"p": "9.99"}}, "field_mapping": {"records": "q", "price": "p"}},
+    )
+    assert mapped.json()["records"][0]["price"] == "9.99"
+    bad = await client.post("/api/normalize/preview", json={"message": "{not json"})
+    assert bad.status_code == 422
+    assert bad.json()["detail"][0]["loc"] == ["body", "message"]
+    missing = await client.post(
+        "/api/normalize/preview", json={"message": {}, "connector_id": "conn_no"}
+    )
+    assert missing.status_code == 404
+    assert (await client.get("/api/postgres/status")).json()["tables"]["websocket_messages"] == 0

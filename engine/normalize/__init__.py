@@ -8,31 +8,47 @@ frame into ``(message, raw_bytes)`` and classifies undecodable frames.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from datetime import datetime
 from typing import Any
 
 import orjson
 
 from ..errors import BadMessage
-from ..models import Record
 from .binance import normalize_binance
-from .common import ACK, PONG, Context, Control
+from .bitstamp import normalize_bitstamp
+from .bybit import normalize_bybit
+from .coinbase import normalize_coinbase
+from .common import ACK, PONG, Context, Control, Normalizer
 from .generic import normalize_generic
+from .kraken import normalize_kraken
+from .mapping import FieldMapping, mapped_normalizer
 from .okx import normalize_okx
-
-Normalizer = Callable[[Any, bytes, Context, datetime], list[Record] | Control]
 
 NORMALIZERS: dict[str, Normalizer] = {
     "okx": normalize_okx,
     "binance": normalize_binance,
+    "coinbase": normalize_coinbase,
+    "kraken": normalize_kraken,
+    "bybit": normalize_bybit,
+    "bitstamp": normalize_bitstamp,
 }
 
-__all__ = ["ACK", "PONG", "Context", "Control", "Normalizer", "decode", "normalizer_for"]
+__all__ = [
+    "ACK",
+    "PONG",
+    "Context",
+    "Control",
+    "FieldMapping",
+    "Normalizer",
+    "decode",
+    "normalizer_for",
+]
 
 
-def normalizer_for(exchange: str) -> Normalizer:
-    """The normalizer for an exchange name; the generic one for anything unknown."""
+def normalizer_for(exchange: str, mapping: dict[str, str] | None = None) -> Normalizer:
+    """The normalizer for a connector: its field mapping if it has one, else the
+    exchange's own, else the generic one."""
+    if mapping:
+        return mapped_normalizer(FieldMapping.from_dict(mapping))
     return NORMALIZERS.get(exchange, normalize_generic)
 
 

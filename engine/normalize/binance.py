@@ -1,5 +1,6 @@
 """Binance spot WebSocket events, raw (``{"e": "trade", ...}``) or in the combined-stream
-envelope ``{"stream": "btcusdt@trade", "data": {...}}``.
+envelope ``{"stream": "btcusdt@trade", "data": {...}}``: trade, aggTrade, bookTicker,
+24hrTicker, 24hrMiniTicker and kline.
 
 ``{"result": null, "id": 1}`` answers a SUBSCRIBE request (control); ``{"error": ...}`` is an
 error the exchange reports. Other event types are kept with the generic field guesses.
@@ -12,6 +13,7 @@ from typing import Any
 
 import orjson
 
+from ..errors import BadMessage
 from ..models import Record
 from .common import (
     ACK,
@@ -20,6 +22,7 @@ from .common import (
     content_key,
     decimal_text,
     epoch_to_datetime,
+    make_record,
     text_field,
 )
 from .generic import normalize_generic
@@ -39,7 +42,57 @@ def normalize_binance(
     kind = event.get("e")
     if kind == "trade" or kind == "aggTrade":
         return [_trade(event, kind, payload, ctx, received_at)]
+    if kind == "24hrTicker" or kind == "24hrMiniTicker":
+        full = kind == "24hrTicker"
+        return [
+            make_record(
+                ctx,
+                received_at,
+                payload,
+                message_type="ticker" if full else "mini_ticker",
+                instrument=event.get("s"),
+                price=event.get("c"),
+                size=event.get("Q") if full else None,
+                timestamp=event.get("E"),
+                bid_price=event.get("b") if full else None,
+                bid_size=event.get("B") if full else None,
+                ask_price=event.get("a") if full else None,
+                ask_size=event.get("A") if full else None,
+            )
+        ]
+    if kind == "kline":
+        kline = event.get("k")
+        if not isinstance(kline, dict):
+            raise BadMessage("bad_shape", "Binance kline has no 'k' object")
+        return [
+            make_record(
+                ctx,
+                received_at,
+                payload,
+                message_type="kline",
+                instrument=event.get("s"),
+                price=kline.get("c"),
+                size=kline.get("v"),
+                timestamp=kline.get("t"),
+            )
+        ]
     if kind is None:
+        if "u" in event and "b" in event and "a" in event and "s" in event:
+            # bookTicker has no event type: best bid/ask with an update id.
+            return [
+                make_record(
+                    ctx,
+                    received_at,
+                    payload,
+                    message_type="book_ticker",
+                    instrument=event.get("s"),
+                    key=str(event.get("u")),
+                    bid_price=event.get("b"),
+                    bid_size=event.get("B"),
+                    ask_price=event.get("a"),
+                    ask_size=event.get("A"),
+                )
+            ]
         if "result" in event and "id" in event:
             return ACK
         if "error" in event:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import math
 import re
+from collections.abc import Callable
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any, Literal
@@ -15,6 +16,7 @@ from typing import Any, Literal
 import attrs
 
 from ..errors import BadMessage
+from ..models import Record
 
 _DECIMAL = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)")
 _MAX_DECIMAL_CHARS = 64
@@ -30,6 +32,9 @@ class Control:
     kind: Literal["ack", "pong", "error"]
     detail: str = ""
 
+
+Normalizer = Callable[[Any, bytes, "Context", datetime], "list[Record] | Control"]
+"""``(message, raw_bytes, context, received_at) -> records or a control message``."""
 
 ACK = Control("ack")
 PONG = Control("pong")
@@ -131,3 +136,52 @@ def content_key(payload: bytes, received_at: datetime) -> str:
     digest = hashlib.blake2b(payload, digest_size=16)
     digest.update(received_at.isoformat().encode())
     return "h:" + digest.hexdigest()
+
+
+def make_record(
+    ctx: Context,
+    received_at: datetime,
+    payload: bytes,
+    *,
+    message_type: str,
+    instrument: Any = None,
+    price: Any = None,
+    size: Any = None,
+    side: Any = None,
+    timestamp: Any = None,
+    key: str | None = None,
+    bid_price: Any = None,
+    bid_size: Any = None,
+    ask_price: Any = None,
+    ask_size: Any = None,
+) -> Record:
+    """A record from raw field values, each checked (exact decimals, sane text, a time).
+
+    ``key`` is the source's own id for the record (trade id, sequence); without one the
+    idempotency key is a hash of the payload and its receive time.
+    """
+    inst = text_field(instrument, "instrument")
+    return Record(
+        connector_id=ctx.connector_id,
+        exchange=ctx.exchange,
+        instrument=inst,
+        price=decimal_text(price, "price"),
+        size=decimal_text(size, "size"),
+        side=_side(side),
+        message_type=message_type,
+        timestamp=epoch_to_datetime(timestamp, "timestamp") or received_at,
+        received_at=received_at,
+        data=payload,
+        dedup_key=f"{message_type[0]}:{inst}:{key}"
+        if key is not None
+        else content_key(payload, received_at),
+        bid_price=decimal_text(bid_price, "bid_price"),
+        bid_size=decimal_text(bid_size, "bid_size"),
+        ask_price=decimal_text(ask_price, "ask_price"),
+        ask_size=decimal_text(ask_size, "ask_size"),
+    )
+
+
+def _side(value: Any) -> str | None:
+    side = text_field(value, "side")
+    return side.lower() if side else side

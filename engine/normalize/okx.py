@@ -20,6 +20,7 @@ from .common import (
     content_key,
     decimal_text,
     epoch_to_datetime,
+    make_record,
     text_field,
 )
 from .generic import normalize_generic
@@ -77,20 +78,28 @@ def _record(
             else content_key(payload, received_at),
         )
     if channel.startswith("tickers"):
-        message_type, price, size = "ticker", item.get("last"), item.get("lastSz")
-    else:
-        message_type = channel or "message"
-        price, size = item.get("px", item.get("last")), item.get("sz")
-    return Record(
-        connector_id=ctx.connector_id,
-        exchange=ctx.exchange,
+        return make_record(
+            ctx,
+            received_at,
+            payload,
+            message_type="ticker",
+            instrument=instrument,
+            price=item.get("last"),
+            size=item.get("lastSz"),
+            timestamp=item.get("ts"),
+            bid_price=item.get("bidPx"),
+            bid_size=item.get("bidSz"),
+            ask_price=item.get("askPx"),
+            ask_size=item.get("askSz"),
+        )
+    return make_record(
+        ctx,
+        received_at,
+        payload,
+        message_type=channel or "message",
         instrument=instrument,
-        price=decimal_text(price, "price"),
-        size=decimal_text(size, "size"),
-        side=text_field(item.get("side"), "side"),
-        message_type=message_type,
-        timestamp=ts,
-        received_at=received_at,
-        data=payload,
-        dedup_key=content_key(payload, received_at),
+        price=item.get("px", item.get("last")),
+        size=item.get("sz"),
+        side=item.get("side"),
+        timestamp=item.get("ts"),
     )

@@ -30,7 +30,8 @@ MAX_SKIP = 10_000_000
 
 @bp.post("/api/connectors")
 async def create_connector() -> Response:
-    body = structure(await json_body(), ConnectorCreate)
+    raw = await json_body()
+    body = structure(raw, ConnectorCreate)
     protocol = protocol_for(body.api_url)
     if protocol == "rest":
         raise error(
@@ -38,18 +39,29 @@ async def create_connector() -> Response:
             "REST polling connectors are not available yet; use a ws:// or wss:// URL",
         )
     assert protocol is not None  # the schema checked the scheme
+    exchange = (body.exchange or detect_exchange(body.api_url)).lower()
+    app_ping = body.app_ping
+    if "app_ping" not in raw and exchange == "okx":
+        app_ping = "ping"  # OKX closes connections that send nothing for 30 s
     spec = ConnectorSpec(
         connector_id="conn_" + secrets.token_hex(8),
         name=body.name.strip(),
         api_url=body.api_url,
         protocol=protocol,
-        exchange=(body.exchange or detect_exchange(body.api_url)).lower(),
+        exchange=exchange,
         http_method=body.http_method,
         headers=body.headers,
         query_params=body.query_params,
         auth_type=body.auth_type,
         polling_interval=body.polling_interval,
         subscribe_messages=body.subscribe_messages,
+        ping_interval=body.ping_interval,
+        pong_timeout=body.pong_timeout,
+        stale_timeout=body.stale_timeout,
+        app_ping=app_ping,
+        app_ping_interval=body.app_ping_interval,
+        field_mapping=body.field_mapping,
+        retention_days=body.retention_days,
     )
     stored = await engine().db.run(sql.insert_connector, spec)
     return json_response(connector_json(stored, "inactive"), 201)

@@ -1,0 +1,53 @@
+"""Bitstamp WebSocket API v2 (``wss://ws.bitstamp.net``): ``trade`` events of the
+``live_trades_<pair>`` channels. Exact digits come from ``price_str``/``amount_str``;
+``type`` 0 is a buy, 1 a sell (the taker's side). ``bts:subscription_succeeded`` is a
+control message, ``bts:error`` an exchange error."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from ..errors import BadMessage
+from ..models import Record
+from .common import ACK, Context, Control, make_record
+from .generic import normalize_generic
+
+_SIDES = {0: "buy", 1: "sell"}
+
+
+def normalize_bitstamp(
+    msg: Any, raw: bytes, ctx: Context, received_at: datetime
+) -> list[Record] | Control:
+    if not isinstance(msg, dict):
+        return normalize_generic(msg, raw, ctx, received_at)
+    event = msg.get("event")
+    if event in ("bts:subscription_succeeded", "bts:unsubscription_succeeded", "bts:heartbeat"):
+        return ACK
+    if event == "bts:error":
+        data = msg.get("data")
+        detail = data.get("message") if isinstance(data, dict) else data
+        return Control("error", f"Bitstamp error: {detail}")
+    if event == "bts:request_reconnect":
+        return Control("error", "Bitstamp asked for a reconnect")
+    if event != "trade":
+        return normalize_generic(msg, raw, ctx, received_at)
+    data = msg.get("data")
+    if not isinstance(data, dict):
+        raise BadMessage("bad_shape", "Bitstamp trade data is not an object")
+    channel = str(msg.get("channel", ""))
+    trade_id = data.get("id")
+    return [
+        make_record(
+            ctx,
+            received_at,
+            raw,
+            message_type="trade",
+            instrument=channel.removeprefix("live_trades_") or None,
+            price=data.get("price_str", data.get("price")),
+            size=data.get("amount_str", data.get("amount")),
+            side=_SIDES.get(data.get("type")),  # type: ignore[arg-type]
+            timestamp=data.get("microtimestamp", data.get("timestamp")),
+            key=None if trade_id is None else str(trade_id),
+        )
+    ]
