@@ -14,6 +14,7 @@ seconds; past that everything is cancelled and what was dropped is logged with c
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import attrs
@@ -26,6 +27,7 @@ from .journal import Journal
 from .manager import ConnectorManager
 from .models import Record, SourceBatch
 from .processor import Processor
+from .retention import Retention
 from .storage import Database
 from .supervisor import Supervisor
 from .transport import transport_named
@@ -58,6 +60,7 @@ class Engine:
     _journal: Journal | None = None
     _ingest: trio.MemorySendChannel[WriterInput] | None = None
     supervisors: list[Supervisor] = attrs.field(factory=list)
+    retention: Retention | None = None
     _stop: trio.Event = attrs.field(factory=trio.Event)
     stopped: trio.Event = attrs.field(factory=trio.Event)
     accepting: bool = False
@@ -151,11 +154,13 @@ class Engine:
             journal=journal.record,
         )
         self._ingest = rec_send.clone()
+        self.retention = Retention(db, s.retention_days, interval=s.retention_interval)
         self.supervisors = [
             Supervisor("hub", hub.run, escalate=True),
             Supervisor("journal", journal.run, escalate=True),
             Supervisor("writer", writer.run, escalate=True),
             Supervisor("processor", processor.run, escalate=True),
+            Supervisor("retention", self.retention.run),
         ]
         with raw_recv, rec_send, rec_recv, out_send, out_recv, self._ingest:
             # Two levels: the hub and the journal must outlive everything that feeds them.
@@ -163,9 +168,11 @@ class Engine:
                 for supervisor in self.supervisors[:2]:
                     await outer.start(supervisor.run)
                 async with trio.open_nursery() as inner:
-                    for supervisor in self.supervisors[2:]:
+                    for supervisor in self.supervisors[2:4]:
                         await inner.start(supervisor.run)
                     await inner.start(manager.run)
+                    retention_scope = trio.CancelScope()
+                    inner.start_soon(_in_scope, retention_scope, self.supervisors[4].run)
                     self.accepting = True
                     logger.info("engine ready")
                     task_status.started(self)
@@ -174,6 +181,7 @@ class Engine:
                     logger.info("engine stopping: draining (up to %g s)", s.drain_timeout)
                     deadline = trio.current_time() + s.drain_timeout
                     self._ingest.close()
+                    retention_scope.cancel()
                     manager.shutdown()
                     inner.cancel_scope.deadline = deadline
                 journal.close()
@@ -196,6 +204,11 @@ class Engine:
             rec_recv.statistics().current_buffer_used,
             raw_recv.statistics().current_buffer_used,
         )
+
+
+async def _in_scope(scope: trio.CancelScope, run: Callable[[], Awaitable[None]]) -> None:
+    with scope:
+        await run()
 
 
 def _ready(value: T | None) -> T:

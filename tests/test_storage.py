@@ -6,12 +6,15 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from decimal import Decimal
 
+import attrs
 import psycopg
 import trio
 
 from engine.config import Settings
-from engine.models import Record, StoredRecord
+from engine.models import ConnectorSpec, Record, StoredRecord
+from engine.retention import Retention
 from engine.storage import Database, migrations
+from engine.storage.connectors import insert_connector
 from engine.storage.records import insert_records
 from engine.writer import BatchWriter
 
@@ -102,3 +105,38 @@ async def test_writer_flushes_on_age_before_the_batch_is_full(settings: Settings
                 first = await out_recv.receive()  # arrives although 998 short of a batch
             assert [s.record.dedup_key for s in first] == ["t:BTC-USDT:1", "t:BTC-USDT:2"]
             rec_send.close()
+
+
+async def test_retention_deletes_old_rows_in_batches_honouring_connector_policy(
+    settings: Settings, database_dsn: str
+) -> None:
+    old = datetime(2020, 1, 1, tzinfo=UTC)
+    recent = datetime.now(UTC)
+
+    def make(n: int, connector: str, when: datetime) -> Record:
+        return attrs.evolve(record(n), connector_id=connector, timestamp=when)
+
+    async with Database.open(settings) as db:
+        await db.run(
+            insert_connector,
+            ConnectorSpec(
+                connector_id="conn_keep",
+                name="keep",
+                api_url="ws://h/",
+                protocol="websocket",
+                exchange="okx",
+                retention_days=100_000,  # keeps its old data despite the global policy
+            ),
+        )
+        rows = [make(n, "conn_a", old) for n in range(25)]
+        rows += [make(100 + n, "conn_a", recent) for n in range(5)]
+        rows += [make(200 + n, "conn_keep", old) for n in range(3)]
+        await db.run(insert_records, rows)
+        retention = Retention(db, default_days=30, batch=10)
+        assert await retention.run_once() == 25
+        assert await retention.run_once() == 0
+    with psycopg.connect(database_dsn) as conn:
+        left = conn.execute(
+            "SELECT connector_id, count(*) FROM websocket_messages GROUP BY 1 ORDER BY 1"
+        ).fetchall()
+    assert left == [("conn_a", 5), ("conn_keep", 3)]
