@@ -201,12 +201,13 @@ class ConnectorManager:
         db_rejected = self.writer.rejected_for(connector_id) - entry.base_db_rejected
         if db_rejected:
             categories["db_rejected"] += db_rejected
+        dropped_frames = stats.binary_messages + stats.oversized_messages
         return ConnectorStatus(
             connector_id=connector_id,
             status=state,
-            messages_received=stats.messages_received,
+            messages_received=stats.messages_received + dropped_frames,
             records_stored=self.writer.committed_for(connector_id) - entry.base_records,
-            messages_rejected=counters.rejected - entry.base_rejected,
+            messages_rejected=counters.rejected - entry.base_rejected + dropped_frames,
             control_messages=counters.control - entry.base_control,
             errors=stats.errors + counters.exchange_errors,
             reconnects=stats.reconnects,
@@ -222,6 +223,7 @@ class ConnectorManager:
         """Where every message and record of a connector went, since its last start.
 
         ``messages_received = messages_normalized + control + rejected + gap + in_flight``
+        (binary and oversized frames are received and rejected at the socket)
         and ``records_produced = committed + duplicates + rejected + pending``; both
         ``in_flight`` and ``pending`` are zero at a quiet point.
         """
@@ -232,6 +234,8 @@ class ConnectorManager:
         counters = self.processor.counters_for(connector_id)
         frames = counters.frames - entry.base_frames
         control = counters.control - entry.base_control
+        # Binary and oversized frames never reach the processor: rejected at the socket.
+        dropped_frames = stats.binary_messages + stats.oversized_messages
         rejected = counters.rejected - entry.base_rejected
         gap = stats.gap.count if stats.gap else 0
         produced = counters.records - entry.base_produced
@@ -239,10 +243,10 @@ class ConnectorManager:
         duplicates = self.writer.duplicates_for(connector_id) - entry.base_duplicates
         db_rejected = self.writer.rejected_for(connector_id) - entry.base_db_rejected
         return {
-            "messages_received": stats.messages_received,
+            "messages_received": stats.messages_received + dropped_frames,
             "messages_normalized": frames - control - rejected,
             "messages_control": control,
-            "messages_rejected": rejected,
+            "messages_rejected": rejected + dropped_frames,
             "messages_gap": gap,
             "messages_in_flight": stats.messages_received - frames - gap,
             "records_produced": produced,

@@ -96,6 +96,30 @@ class FakeExchange:
                 for first in range(start, start + count, per):
                     n = min(per, start + count - first)
                     await ws.send_message(okx_trades(first, n).decode())
+            elif parts.path == "/poison":
+                # Valid trades 1..count with poison after every 10th: each kind once per round.
+                poisons = [
+                    "not json at all",
+                    '{"e":"trade","s":"BTCUSDT","t":-1,"p":"NaN","q":"1","T":1}',
+                    '{"e":"trade","s":"BTCUSDT","t":-2,"p":"1e999999","q":"1","T":1}',
+                    '{"e":"trade","s":"BTC\\u0000USDT","t":-3,"p":"1","q":"1","T":1}',
+                    '{"e":"trade","s":"BTCUSDT","t":-4,"p":"1","q":"1","T":1,"x":"\\ud800"}',
+                    b"\x00\x01binary frame",
+                ]
+                for trade_id in range(start, start + count):
+                    await ws.send_message(binance_trade(trade_id).decode())
+                    if trade_id % 10 == 0:
+                        await ws.send_message(poisons[(trade_id // 10) % len(poisons)])
+            elif parts.path == "/paced":
+                # `count` Binance trades at `rate` per second, in 10 ms bursts.
+                rate = int(query.get("rate", "1000"))
+                per_tick = max(1, rate // 100)
+                next_at = trio.current_time()
+                for first in range(start, start + count, per_tick):
+                    for trade_id in range(first, min(first + per_tick, start + count)):
+                        await ws.send_message(binance_trade(trade_id).decode())
+                    next_at += 0.01
+                    await trio.sleep_until(next_at)
             elif parts.path == "/lossy":
                 # Like a real exchange: trades go on while the client is away. Each
                 # connection gets `per_conn` trades, then is closed; `lost` trades happen

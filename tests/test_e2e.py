@@ -157,3 +157,53 @@ async def test_flapping_source_loses_nothing_silently(
     assert accounting["messages_received"] == len(exchange.sent)
     assert accounting["messages_in_flight"] == 0
     assert accounting["records_pending"] == 0
+
+
+async def test_poison_messages_are_rejected_with_reasons_and_the_rest_committed(
+    exchange: FakeExchange, service: Service, database_dsn: str
+) -> None:
+    """A6/B4: poison frames mixed into a valid stream."""
+    total = 600  # 60 poison frames: 10 of each kind
+    with trio.fail_after(60):
+        async with httpx.AsyncClient(base_url=service.url) as client:
+            body = {
+                "name": "p",
+                "api_url": exchange.url(f"/poison?count={total}"),
+                "exchange": "binance",
+            }
+            connector_id = await create_and_start(client, body)
+            while True:
+                status = (await client.get(f"/api/connectors/{connector_id}/status")).json()
+                if status["accounting"]["messages_received"] == total + 60 and (
+                    status["accounting"]["records_pending"] == 0
+                    and status["accounting"]["messages_in_flight"] == 0
+                ):
+                    break
+                await trio.sleep(0.05)
+            while (
+                rejected := (
+                    await client.get(f"/api/connectors/{connector_id}/rejected?limit=1000")
+                ).json()
+            )["count"] < 50:
+                await trio.sleep(0.05)
+    assert status["status"] == "running"
+    assert status["records_stored"] == total
+    assert status["rejected_by_category"] == {
+        "bad_value": 20,
+        "binary": 10,
+        "non_json": 20,
+        "nul_character": 10,
+    }
+    accounting = status["accounting"]
+    assert accounting["messages_received"] == (
+        accounting["messages_normalized"]
+        + accounting["messages_control"]
+        + accounting["messages_rejected"]
+        + accounting["messages_gap"]
+    )
+    assert accounting["messages_rejected"] == 60
+    reasons = {row["category"] for row in rejected["data"]}
+    assert reasons == {"bad_value", "non_json", "nul_character"}
+    assert all(row["reason"] and row["raw"] for row in rejected["data"])
+    stored = stored_trade_ids(database_dsn, connector_id, "t")
+    assert sorted(int(t) for _, t in stored) == list(range(1, total + 1))

@@ -9,6 +9,7 @@ import trio.testing
 
 from engine.backoff import Backoff
 from engine.models import ConnectorSpec, ErrorEvent, GapEvent, SourceBatch
+from engine.processor import Processor
 from engine.transport import SansIOTransport
 from engine.ws_connector import WebSocketConnector
 
@@ -143,4 +144,44 @@ async def test_reconnect_backoff_grows_with_full_jitter_bounds(
     assert actor.statistics().status == "reconnecting"
     assert {e.kind for e in journal if isinstance(e, ErrorEvent)} == {"connect_failed"}
     assert not [e for e in journal if isinstance(e, GapEvent)]  # never connected: no gap
+    actor.request_stop()
+
+
+async def test_invalid_utf8_and_oversized_frames_are_counted_per_category(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    """B4 at the socket: bytes no JSON parser would take, and a message over the limit."""
+
+    async def script(peer: ScriptedPeer) -> None:
+        await peer.handshake()
+        if len(factory.peers) == 1:
+            peer.protocol.send_text(b'{"bad": "\xff\xfe"}')  # not UTF-8, sent as text
+            await peer.send_text('{"ok": 1}')
+            await peer.send_text('{"big": "' + "x" * 5000 + '"}')
+        await peer.serve()
+
+    factory = PeerFactory(nursery, script)
+    journal: list[object] = []
+    send, receive = trio.open_memory_channel[SourceBatch](100)
+    actor = WebSocketConnector(
+        spec(),
+        send,
+        SansIOTransport(opener=factory),
+        max_message_bytes=1000,
+        backoff=fixed_backoff(1.0),
+        journal=journal.append,
+    )
+    nursery.start_soon(actor.run)
+    await trio.sleep(5)
+    stats = actor.statistics()
+    assert stats.oversized_messages == 1
+    assert factory.connect_times == [0.0, 1.0]  # the oversized message cost a reconnect
+    assert [e.kind for e in journal if isinstance(e, ErrorEvent)] == ["oversized"]
+    _, unused_in = trio.open_memory_channel[SourceBatch](0)
+    unused_out, _ = trio.open_memory_channel[object](0)
+    processor = Processor(unused_in, unused_out)  # type: ignore[arg-type]
+    records = processor.process(receive.receive_nowait())
+    assert len(records) == 1
+    counters = processor.counters_for("conn_k")
+    assert dict(counters.rejected_by_category) == {"invalid_utf8": 1}
     actor.request_stop()
