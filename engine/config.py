@@ -40,6 +40,10 @@ class Settings:
     connector_buffer_bytes: int = 64 * 1024 * 1024
     realtime_max_lag: int = 20_000
     realtime_max_subscribers: int = 1000
+    encryption_keys: str | None = attrs.field(default=None, repr=False)
+    allow_private_networks: bool = False
+    egress_allow: tuple[str, ...] = ()
+    api_token: str | None = attrs.field(default=None, repr=False)
     save_timeout: float = 10.0
     retention_days: int | None = None
     retention_interval: float = 3600.0
@@ -76,6 +80,10 @@ class Settings:
             ),
             realtime_max_lag=_int(env, "SLUICE_REALTIME_MAX_LAG", 20_000, 1, 10_000_000),
             save_timeout=_float(env, "SLUICE_SAVE_TIMEOUT", 10.0, 0.1, 3600),
+            encryption_keys=env.get("ENCRYPTION_KEYS") or None,
+            allow_private_networks=_bool(env, "SLUICE_ALLOW_PRIVATE_NETWORKS"),
+            egress_allow=_host_ports(env, "SLUICE_EGRESS_ALLOW"),
+            api_token=env.get("SLUICE_API_TOKEN") or None,
             retention_days=_int(env, "SLUICE_RETENTION_DAYS", 0, 0, 100_000) or None,
             retention_interval=_float(env, "SLUICE_RETENTION_INTERVAL", 3600.0, 1.0, 86_400.0),
             realtime_max_subscribers=_int(
@@ -97,6 +105,24 @@ def _dsn_from_env(env: Mapping[str, str]) -> str | None:
     auth = f"{user}:{quote(password, safe='')}" if password else user
     db = quote(env.get("POSTGRES_DB") or "sluice", safe="")
     return f"postgresql://{auth}@{host}:{port}/{db}"
+
+
+def _bool(env: Mapping[str, str], name: str) -> bool:
+    raw = (env.get(name) or "").strip().lower()
+    if raw in ("", "0", "false", "no", "off"):
+        return False
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    raise ConfigurationError(f"{name} must be true or false, got {raw!r}")
+
+
+def _host_ports(env: Mapping[str, str], name: str) -> tuple[str, ...]:
+    items = tuple(i.strip() for i in (env.get(name) or "").split(",") if i.strip())
+    for item in items:
+        host, _, port = item.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConfigurationError(f"{name} entries must be host:port, got {item!r}")
+    return items
 
 
 def _int(env: Mapping[str, str], name: str, default: int, lo: int, hi: int) -> int:

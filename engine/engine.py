@@ -18,9 +18,12 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import attrs
+import httpx
 import trio
 
 from .config import Settings
+from .crypto import Keyring, load_keyring
+from .egress import EgressPolicy, GuardedTransport
 from .errors import SinkUnavailable, Unavailable
 from .hub import BroadcastHub, HubItem
 from .journal import Journal
@@ -61,6 +64,7 @@ class Engine:
     _ingest: trio.MemorySendChannel[WriterInput] | None = None
     supervisors: list[Supervisor] = attrs.field(factory=list)
     retention: Retention | None = None
+    keyring: Keyring | None = None
     _stop: trio.Event = attrs.field(factory=trio.Event)
     stopped: trio.Event = attrs.field(factory=trio.Event)
     accepting: bool = False
@@ -118,14 +122,36 @@ class Engine:
     async def run(self, *, task_status: trio.TaskStatus[Engine] = trio.TASK_STATUS_IGNORED) -> None:
         s = self.settings
         try:
-            async with Database.open(s) as db:
+            self.keyring = load_keyring(
+                s.encryption_key, s.encryption_keys, embedded=s.embedded, data_dir=s.data_dir
+            )
+            async with (
+                Database.open(s) as db,
+                httpx.AsyncClient(
+                    transport=GuardedTransport(self.egress),
+                    timeout=httpx.Timeout(30.0, connect=10.0),
+                    follow_redirects=True,
+                    max_redirects=5,
+                ) as http,
+            ):
                 self._db = db
-                await self._run_actors(db, task_status)
+                await self._run_actors(db, http, task_status)
         finally:
             self.accepting = False
             self.stopped.set()
 
-    async def _run_actors(self, db: Database, task_status: trio.TaskStatus[Engine]) -> None:
+    @property
+    def secrets(self) -> Keyring:
+        return _ready(self.keyring)
+
+    @property
+    def egress(self) -> EgressPolicy:
+        s = self.settings
+        return EgressPolicy.from_settings(s.allow_private_networks, s.egress_allow)
+
+    async def _run_actors(
+        self, db: Database, http: httpx.AsyncClient, task_status: trio.TaskStatus[Engine]
+    ) -> None:
         s = self.settings
         raw_send, raw_recv = trio.open_memory_channel[SourceBatch](RAW_BATCHES)
         rec_send, rec_recv = trio.open_memory_channel[WriterInput](RECORD_BATCHES)
@@ -152,6 +178,9 @@ class Engine:
             max_message_bytes=s.max_frame_bytes,
             buffer_limit_bytes=s.connector_buffer_bytes,
             journal=journal.record,
+            keyring=self.keyring,
+            http=http,
+            egress=self.egress,
         )
         self._ingest = rec_send.clone()
         self.retention = Retention(db, s.retention_days, interval=s.retention_interval)

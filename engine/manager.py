@@ -20,17 +20,24 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any, Protocol
 
 import attrs
+import httpx
 import trio
 
+from .auth import Credentials
+from .crypto import Keyring, SecretError, is_encrypted
+from .egress import EgressPolicy
 from .errors import NotFound, SinkUnavailable
 from .models import ConnectorSpec, ConnectorStatus, ErrorEvent, GapEvent, SourceBatch
 from .processor import Processor
+from .rest_poller import RestPoller
 from .storage import Database
 from .storage import connectors as sql
 from .supervisor import Supervisor
-from .transport import Transport
+from .transport import SansIOTransport, Transport
 from .writer import BatchWriter
 from .ws_connector import WebSocketConnector
 
@@ -45,9 +52,19 @@ def _discard(_: GapEvent | ErrorEvent) -> None:
     pass
 
 
+class Actor(Protocol):
+    """What the manager needs of a connector actor (WebSocket or REST)."""
+
+    def request_stop(self) -> None: ...
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = ...) -> None: ...
+
+    def statistics(self) -> Any: ...
+
+
 @attrs.define(eq=False)
 class _Running:
-    actor: WebSocketConnector
+    actor: Actor
     supervisor: Supervisor
     scope: trio.CancelScope
     done: trio.Event
@@ -71,10 +88,14 @@ class ConnectorManager:
     max_message_bytes: int = 4 * 1024 * 1024
     buffer_limit_bytes: int = 64 * 1024 * 1024
     journal: Journal = _discard
+    keyring: Keyring | None = None
+    http: httpx.AsyncClient | None = None
+    egress: EgressPolicy | None = None
     persist_interval: float = 2.0
     _nursery: trio.Nursery | None = None
     _running: dict[str, _Running] = attrs.field(factory=dict)
     _last: dict[str, _Running] = attrs.field(factory=dict)
+    _failed: dict[str, str] = attrs.field(factory=dict)
     _stopping: trio.Event = attrs.field(factory=trio.Event)
     _lock: trio.Lock = attrs.field(factory=trio.Lock)
 
@@ -121,6 +142,24 @@ class ConnectorManager:
         await self._persist_one(connector_id)
         return self.status(connector_id)
 
+    async def restart(self, connector_id: str) -> None:
+        """Replace a running connector with its stored definition: the old actor stops
+        (and flushes) before the new one starts."""
+        async with self._lock:
+            spec = await self.db.run(sql.get_connector, connector_id)
+            if spec is None:
+                raise NotFound(f"connector {connector_id} not found")
+            if connector_id in self._running:
+                await self._halt(connector_id)
+            await self._spawn(spec)
+
+    async def remove(self, connector_id: str) -> None:
+        """Stop a connector (if running) and forget it, before its row is deleted."""
+        async with self._lock:
+            if connector_id in self._running:
+                await self._halt(connector_id)
+            self.forget(connector_id)
+
     def is_running(self, connector_id: str) -> bool:
         return connector_id in self._running
 
@@ -130,19 +169,60 @@ class ConnectorManager:
             return
         await self._nursery.start(self._run_connector, spec)
 
-    async def _run_connector(
-        self, spec: ConnectorSpec, *, task_status: trio.TaskStatus[None]
-    ) -> None:
-        send_channel = self.send_channel.clone()
-        actor = WebSocketConnector(
+    def _build(
+        self, spec: ConnectorSpec, send_channel: trio.MemorySendChannel[SourceBatch]
+    ) -> Actor:
+        """The actor for ``spec``, with its secrets decrypted (SecretError if they are not)."""
+        headers = {k: self._reveal(spec, f"header:{k}", v) for k, v in spec.headers.items()}
+        params = {k: self._reveal(spec, f"query:{k}", v) for k, v in spec.query_params.items()}
+        if spec.protocol == "rest":
+            assert self.http is not None
+            credentials = Credentials(
+                **{k: self._reveal(spec, k, v) for k, v in spec.credentials.items()}
+            )
+            return RestPoller(
+                spec,
+                send_channel,
+                self.http,
+                credentials=credentials,
+                headers=headers,
+                query_params=params,
+                journal=self.journal,
+                max_response_bytes=self.max_message_bytes,
+            )
+        transport = self.transport
+        if self.egress is not None and isinstance(transport, SansIOTransport):
+            transport = SansIOTransport(opener=self.egress.open_stream)
+        return WebSocketConnector(
             spec,
             send_channel,
-            self.transport,
+            transport,
             max_message_bytes=self.max_message_bytes,
             buffer_limit_bytes=self.buffer_limit_bytes,
             journal=self.journal,
         )
+
+    def _reveal(self, spec: ConnectorSpec, field: str, value: str) -> str:
+        if self.keyring is None or not is_encrypted(value):
+            return value  # written before encryption existed: rotate-keys seals it
+        return self.keyring.decrypt(value, spec.connector_id, field)
+
+    async def _run_connector(
+        self, spec: ConnectorSpec, *, task_status: trio.TaskStatus[None]
+    ) -> None:
+        send_channel = self.send_channel.clone()
         cid = spec.connector_id
+        try:
+            actor = self._build(spec, send_channel)
+        except SecretError as exc:
+            send_channel.close()
+            reason = f"cannot decrypt credentials: {exc}"
+            logger.error("connector %s: %s", cid, reason)
+            self._failed[cid] = reason
+            self.journal(ErrorEvent(cid, datetime.now(UTC), "secret", reason))
+            task_status.started()
+            return
+        self._failed.pop(cid, None)
         counters = self.processor.counters_for(cid)
         entry = _Running(
             actor=actor,
@@ -182,6 +262,8 @@ class ConnectorManager:
 
     def status(self, connector_id: str) -> ConnectorStatus:
         """The live status of a connector this process has run; raises NotFound otherwise."""
+        if connector_id in self._failed:
+            return ConnectorStatus(connector_id, "error", last_error=self._failed[connector_id])
         entry = self._last.get(connector_id)
         if entry is None:
             raise NotFound(f"connector {connector_id} has not run in this process")
@@ -217,6 +299,9 @@ class ConnectorManager:
             messages_gap=stats.gap.count if stats.gap else 0,
             records_duplicate=self.writer.duplicates_for(connector_id) - entry.base_duplicates,
             rejected_by_category={k: v for k, v in sorted(categories.items()) if v},
+            requests=getattr(stats, "requests", 0),
+            skipped_ticks=getattr(stats, "skipped_ticks", 0),
+            last_status_code=getattr(stats, "last_status_code", None),
         )
 
     def accounting(self, connector_id: str) -> dict[str, int]:
@@ -257,7 +342,7 @@ class ConnectorManager:
         }
 
     def known(self) -> list[str]:
-        return list(self._last)
+        return [*self._last, *(c for c in self._failed if c not in self._last)]
 
     async def _persist_loop(self) -> None:
         next_at = trio.current_time()
@@ -267,7 +352,7 @@ class ConnectorManager:
             await self._persist()
 
     async def _persist(self, final: bool = False) -> None:
-        statuses = [self.status(cid) for cid in self._last]
+        statuses = [self.status(cid) for cid in self.known()]
         if not statuses:
             return
         try:
@@ -277,7 +362,7 @@ class ConnectorManager:
             logger.warning("could not persist connector status: %s", exc)
 
     async def _persist_one(self, connector_id: str) -> None:
-        if connector_id in self._last:
+        if connector_id in self.known():
             try:
                 await self.db.run(sql.save_statuses, [self.status(connector_id)])
             except SinkUnavailable as exc:
@@ -285,3 +370,4 @@ class ConnectorManager:
 
     def forget(self, connector_id: str) -> None:
         self._last.pop(connector_id, None)
+        self._failed.pop(connector_id, None)

@@ -47,6 +47,12 @@ class ConnectorSpec:
     field_mapping: dict[str, str] | None = None
     #: Delete this connector's records older than this many days; ``None`` keeps them.
     retention_days: int | None = None
+    #: Secret fields (api_key, api_secret, ...) as ciphertexts (see ``engine.crypto``).
+    credentials: dict[str, str] = attrs.field(factory=dict)
+    #: Non-secret authentication settings (header names, HMAC preset, ...).
+    auth_options: dict[str, Any] = attrs.field(factory=dict)
+    #: REST: a JSON body sent with every request (POST/PUT/PATCH).
+    request_body: Any = None
 
 
 @attrs.frozen(slots=True)
@@ -76,6 +82,8 @@ class Record:
     ask_price: str | None = None
     ask_size: str | None = None
     batch_id: int | None = None
+    status_code: int | None = None
+    response_time_ms: float | None = None
 
 
 @attrs.frozen(slots=True)
@@ -99,6 +107,10 @@ class SourceBatch:
     frames: list[bytes | str]
     received_at: list[float]
     normalizer: Callable[..., Any] | None = None
+    source: Protocol = "websocket"
+    #: REST only: the response's status code and time, kept on every record from it.
+    status_code: int | None = None
+    response_time_ms: float | None = None
 
 
 @attrs.frozen
@@ -119,6 +131,9 @@ class ConnectorStatus:
     messages_gap: int = 0
     records_duplicate: int = 0
     rejected_by_category: dict[str, int] = attrs.field(factory=dict)
+    requests: int = 0
+    skipped_ticks: int = 0
+    last_status_code: int | None = None
 
 
 @attrs.frozen

@@ -112,6 +112,16 @@ class Processor:
                     )
                 continue
             records.extend(result)
+        if batch.source == "rest" and records:
+            records = [
+                attrs.evolve(
+                    r,
+                    source="rest",
+                    status_code=batch.status_code,
+                    response_time_ms=batch.response_time_ms,
+                )
+                for r in records
+            ]
         counters.frames += len(batch.frames)
         counters.records += len(records)
         self.batches_in += 1

@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 import attrs
 import orjson
 
+from engine.auth import SECRET_FIELDS
 from engine.models import ConnectorSpec, ConnectorStatus, Record
 from engine.normalize import FieldMapping
 from engine.sources import protocol_for
@@ -112,6 +113,14 @@ class ConnectorCreate:
         default=None,
         validator=check(lambda v: v is None or 1 <= v <= 100_000, "must be 1 to 100000 days"),
     )
+    auth_options: dict[str, Any] = attrs.field(factory=dict)
+    request_body: Any = None
+    api_key: str | None = attrs.field(default=None, validator=_optional_text(4096), repr=False)
+    api_secret: str | None = attrs.field(default=None, validator=_optional_text(4096), repr=False)
+    passphrase: str | None = attrs.field(default=None, validator=_optional_text(4096), repr=False)
+    bearer_token: str | None = attrs.field(default=None, validator=_optional_text(8192), repr=False)
+    username: str | None = attrs.field(default=None, validator=_optional_text(4096), repr=False)
+    password: str | None = attrs.field(default=None, validator=_optional_text(4096), repr=False)
 
 
 def _json_container(value: Any) -> bool:
@@ -213,7 +222,10 @@ class DataQuery:
 
 
 def connector_json(spec: ConnectorSpec, status: str) -> dict[str, Any]:
+    """A connector as the API shows it: secrets are write-only, shown as ``****`` when set."""
+    secrets = {name: (MASK if name in spec.credentials else None) for name in SECRET_FIELDS}
     return {
+        **secrets,
         "connector_id": spec.connector_id,
         "name": spec.name,
         "api_url": spec.api_url,
@@ -232,6 +244,8 @@ def connector_json(spec: ConnectorSpec, status: str) -> dict[str, Any]:
         "app_ping_interval": spec.app_ping_interval,
         "field_mapping": spec.field_mapping,
         "retention_days": spec.retention_days,
+        "auth_options": spec.auth_options,
+        "request_body": spec.request_body,
         "status": status,
         "created_at": spec.created_at,
         "updated_at": spec.updated_at,

@@ -29,6 +29,8 @@ from server.serve import Service, serve
 
 from .fake_exchange import FakeExchange
 
+TEST_KEY = "test-key-0123456789abcdef-012345"
+
 
 @pytest.fixture(scope="session")
 def admin_dsn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
@@ -66,6 +68,8 @@ def settings(database_dsn: str, tmp_path: Path) -> Settings:
         pool_max=4,
         batch_max_age=0.01,
         drain_timeout=10.0,
+        encryption_key=TEST_KEY,
+        allow_private_networks=True,  # the fake exchanges live on loopback
     )
 
 

@@ -98,7 +98,29 @@ async def test_create_connector_returns_the_contract_shape(client: httpx.AsyncCl
             ["body", "connector_id"],
             "extra_forbidden",
         ),
-        ({"name": "x", "api_url": "https://api.example.com/x"}, ["body", "api_url"], "value_error"),
+        (
+            {"name": "x", "api_url": "http://169.254.169.254/latest"},
+            ["body", "api_url"],
+            "value_error",
+        ),
+        ({"name": "x", "api_url": "ws://[fd00:ec2::254]/"}, ["body", "api_url"], "value_error"),
+        (
+            {"name": "x", "api_url": "https://h/x", "auth_type": "BEARER"},
+            ["body", "bearer_token"],
+            "value_error",
+        ),
+        (
+            {
+                "name": "x",
+                "api_url": "https://h/x",
+                "auth_type": "HMAC",
+                "api_key": "k",
+                "api_secret": "s",
+                "auth_options": {"preset": "kraken"},
+            },
+            ["body", "auth_options"],
+            "value_error",
+        ),
         ([1, 2], ["body"], "type_error"),
     ],
 )

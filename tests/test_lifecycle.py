@@ -17,6 +17,7 @@ import trio
 from engine.config import Settings
 from server.serve import Service, serve
 
+from .conftest import TEST_KEY
 from .fake_exchange import FakeExchange
 
 pytestmark = pytest.mark.e2e
@@ -80,6 +81,8 @@ async def test_sigterm_drains_and_exits_zero(
         "POSTGRES_DSN": database_dsn,
         "SLUICE_DATA_DIR": str(tmp_path),
         "SLUICE_LOG_LEVEL": "INFO",
+        "ENCRYPTION_KEY": TEST_KEY,
+        "SLUICE_ALLOW_PRIVATE_NETWORKS": "true",
     }
     command = [sys.executable, "-m", "server.cli", "serve", "--port", "0"]
     process = await trio.lowlevel.open_process(command, env=env, stderr=subprocess.PIPE)

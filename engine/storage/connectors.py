@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 import psycopg
+from psycopg import sql
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
@@ -20,7 +21,7 @@ _COLUMNS = (
     "connector_id, name, api_url, protocol, exchange, http_method, headers, query_params,"
     " auth_type, polling_interval, subscribe_messages, desired_state, created_at, updated_at,"
     " ping_interval, pong_timeout, stale_timeout, app_ping, app_ping_interval, field_mapping,"
-    " retention_days"
+    " retention_days, credentials, auth_options, request_body"
 )
 
 
@@ -33,7 +34,7 @@ def insert_connector(conn: Conn, spec: ConnectorSpec) -> ConnectorSpec:
     cur.execute(
         f"INSERT INTO api_connectors ({_COLUMNS})"
         " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, now(), now(),"
-        " %s, %s, %s, %s, %s, %s, %s)"
+        " %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
         f" RETURNING {_COLUMNS}",
         (
             spec.connector_id,
@@ -55,6 +56,9 @@ def insert_connector(conn: Conn, spec: ConnectorSpec) -> ConnectorSpec:
             spec.app_ping_interval,
             None if spec.field_mapping is None else Jsonb(spec.field_mapping),
             spec.retention_days,
+            Jsonb(spec.credentials),
+            Jsonb(spec.auth_options),
+            None if spec.request_body is None else Jsonb(spec.request_body),
         ),
     )
     row = cur.fetchone()
@@ -94,8 +98,8 @@ def save_statuses(conn: Conn, statuses: list[ConnectorStatus]) -> None:
             "INSERT INTO connector_status (connector_id, status, messages_received,"
             " records_stored, messages_rejected, control_messages, errors, reconnects,"
             " last_message_at, last_error, started_at, messages_gap, records_duplicate,"
-            " rejected_by_category, updated_at)"
-            " SELECT %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, now()"
+            " rejected_by_category, requests, skipped_ticks, last_status_code, updated_at)"
+            " SELECT %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, now()"
             " WHERE EXISTS (SELECT 1 FROM api_connectors WHERE connector_id = %s)"
             " ON CONFLICT (connector_id) DO UPDATE SET status = excluded.status,"
             " messages_received = excluded.messages_received,"
@@ -106,7 +110,9 @@ def save_statuses(conn: Conn, statuses: list[ConnectorStatus]) -> None:
             " last_error = excluded.last_error, started_at = excluded.started_at,"
             " messages_gap = excluded.messages_gap,"
             " records_duplicate = excluded.records_duplicate,"
-            " rejected_by_category = excluded.rejected_by_category, updated_at = now()",
+            " rejected_by_category = excluded.rejected_by_category,"
+            " requests = excluded.requests, skipped_ticks = excluded.skipped_ticks,"
+            " last_status_code = excluded.last_status_code, updated_at = now()",
             [
                 (
                     s.connector_id,
@@ -123,6 +129,9 @@ def save_statuses(conn: Conn, statuses: list[ConnectorStatus]) -> None:
                     s.messages_gap,
                     s.records_duplicate,
                     Jsonb(s.rejected_by_category),
+                    s.requests,
+                    s.skipped_ticks,
+                    s.last_status_code,
                     s.connector_id,
                 )
                 for s in statuses
@@ -135,8 +144,8 @@ def get_status(conn: Conn, connector_id: str) -> ConnectorStatus | None:
     cur.execute(
         "SELECT connector_id, status, messages_received, records_stored, messages_rejected,"
         " control_messages, errors, reconnects, last_message_at, last_error, started_at,"
-        " messages_gap, records_duplicate, rejected_by_category"
-        " FROM connector_status WHERE connector_id = %s",
+        " messages_gap, records_duplicate, rejected_by_category, requests, skipped_ticks,"
+        " last_status_code FROM connector_status WHERE connector_id = %s",
         (connector_id,),
     )
     row = cur.fetchone()
@@ -211,3 +220,79 @@ def list_rejected(conn: Conn, connector_id: str, limit: int) -> list[dict[str, A
         (connector_id, limit),
     )
     return cur.fetchall()
+
+
+def update_connector(conn: Conn, spec: ConnectorSpec) -> ConnectorSpec:
+    """Replace a connector's definition (every column but id, desired state and created_at)."""
+    cur = conn.cursor(row_factory=dict_row)
+    cur.execute(
+        "UPDATE api_connectors SET name = %s, api_url = %s, protocol = %s, exchange = %s,"
+        " http_method = %s, headers = %s, query_params = %s, auth_type = %s,"
+        " polling_interval = %s, subscribe_messages = %s, ping_interval = %s,"
+        " pong_timeout = %s, stale_timeout = %s, app_ping = %s, app_ping_interval = %s,"
+        " field_mapping = %s, retention_days = %s, credentials = %s, auth_options = %s,"
+        " request_body = %s,"
+        f" updated_at = now() WHERE connector_id = %s RETURNING {_COLUMNS}",
+        (
+            spec.name,
+            spec.api_url,
+            spec.protocol,
+            spec.exchange,
+            spec.http_method,
+            Jsonb(spec.headers),
+            Jsonb(spec.query_params),
+            spec.auth_type,
+            spec.polling_interval,
+            Jsonb(spec.subscribe_messages),
+            spec.ping_interval,
+            spec.pong_timeout,
+            spec.stale_timeout,
+            spec.app_ping,
+            spec.app_ping_interval,
+            None if spec.field_mapping is None else Jsonb(spec.field_mapping),
+            spec.retention_days,
+            Jsonb(spec.credentials),
+            Jsonb(spec.auth_options),
+            None if spec.request_body is None else Jsonb(spec.request_body),
+            spec.connector_id,
+        ),
+    )
+    row = cur.fetchone()
+    assert row is not None
+    return _spec(row)
+
+
+def delete_connector(conn: Conn, connector_id: str, purge_data: bool) -> bool:
+    """Remove a connector (its status row goes with it); with ``purge_data`` also its
+    records, gaps, errors and dead letters."""
+    cur = conn.execute("DELETE FROM api_connectors WHERE connector_id = %s", (connector_id,))
+    if cur.rowcount == 0:
+        return False
+    if purge_data:
+        for table in (
+            "websocket_messages",
+            "api_connector_data",
+            "connector_gaps",
+            "connector_errors",
+            "rejected_messages",
+        ):
+            conn.execute(
+                sql.SQL("DELETE FROM {} WHERE connector_id = %s").format(sql.Identifier(table)),
+                (connector_id,),
+            )
+    return True
+
+
+def all_secrets(conn: Conn) -> list[ConnectorSpec]:
+    """Every connector, for key rotation (locked until the transaction ends)."""
+    cur = conn.cursor(row_factory=dict_row)
+    cur.execute(f"SELECT {_COLUMNS} FROM api_connectors ORDER BY connector_id FOR UPDATE")
+    return [_spec(row) for row in cur.fetchall()]
+
+
+def save_secrets(conn: Conn, spec: ConnectorSpec) -> None:
+    conn.execute(
+        "UPDATE api_connectors SET credentials = %s, headers = %s, query_params = %s"
+        " WHERE connector_id = %s",
+        (Jsonb(spec.credentials), Jsonb(spec.headers), Jsonb(spec.query_params), spec.connector_id),
+    )

@@ -182,6 +182,23 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         CREATE INDEX rejected_messages_connector ON rejected_messages (connector_id, id);
         """,
     ),
+    (
+        3,
+        "REST sources: encrypted credentials, auth options, poll counters",
+        """
+        -- Secret values (api_key, api_secret, ...) as AES-256-GCM ciphertexts; header and
+        -- query parameter values in api_connectors.headers/query_params are encrypted too.
+        ALTER TABLE api_connectors
+            ADD COLUMN credentials  jsonb NOT NULL DEFAULT '{}',
+            ADD COLUMN auth_options jsonb NOT NULL DEFAULT '{}',
+            ADD COLUMN request_body jsonb;
+
+        ALTER TABLE connector_status
+            ADD COLUMN requests         bigint NOT NULL DEFAULT 0,
+            ADD COLUMN skipped_ticks    bigint NOT NULL DEFAULT 0,
+            ADD COLUMN last_status_code integer;
+        """,
+    ),
 ]
 
 

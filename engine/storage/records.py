@@ -20,9 +20,9 @@ TABLES = {"websocket": "websocket_messages", "rest": "api_connector_data"}
 
 
 _COPY = (
-    "COPY sluice_staging_v2 (ord, connector_id, exchange, instrument, price, size, side,"
+    "COPY sluice_staging_v3 (ord, connector_id, exchange, instrument, price, size, side,"
     ' message_type, "timestamp", received_at, data, dedup_key, bid_price, bid_size,'
-    " ask_price, ask_size, batch_id) FROM STDIN (FORMAT BINARY)"
+    " ask_price, ask_size, batch_id, status_code, response_time_ms) FROM STDIN (FORMAT BINARY)"
 )
 _COPY_TYPES = [
     "int4",
@@ -42,6 +42,8 @@ _COPY_TYPES = [
     "text",
     "text",
     "int8",
+    "int4",
+    "float8",
 ]
 _INSERT = """
 INSERT INTO {table} (connector_id, exchange, instrument, price, size, side, message_type,
@@ -50,12 +52,12 @@ INSERT INTO {table} (connector_id, exchange, instrument, price, size, side, mess
 SELECT connector_id, exchange, instrument, price::numeric, size::numeric, side, message_type,
        "timestamp", received_at, data, dedup_key,
        bid_price::numeric, bid_size::numeric, ask_price::numeric, ask_size::numeric{extra}
-FROM sluice_staging_v2 ORDER BY ord
+FROM sluice_staging_v3 ORDER BY ord
 ON CONFLICT DO NOTHING
 RETURNING id, connector_id, dedup_key
 """
 # websocket_messages keeps the batch a saved message arrived in.
-_EXTRA = {"websocket": ", batch_id", "rest": ""}
+_EXTRA = {"websocket": ", batch_id", "rest": ", status_code, response_time_ms"}
 
 
 def insert_records(
@@ -92,6 +94,8 @@ def insert_records(
                         r.ask_price,
                         r.ask_size,
                         r.batch_id,
+                        r.status_code,
+                        r.response_time_ms,
                     )
                 )
         cur.execute(_INSERT.format(table=table, extra=_EXTRA[records[0].source]).encode())

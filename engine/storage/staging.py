@@ -4,7 +4,7 @@ Created once per pooled connection; ``ON COMMIT DELETE ROWS`` empties it after e
 """
 
 STAGING_DDL = b"""
-CREATE TEMP TABLE IF NOT EXISTS sluice_staging_v2 (
+CREATE TEMP TABLE IF NOT EXISTS sluice_staging_v3 (
     ord           integer NOT NULL,
     connector_id  text,
     exchange      text NOT NULL,
@@ -21,6 +21,8 @@ CREATE TEMP TABLE IF NOT EXISTS sluice_staging_v2 (
     bid_size      text,
     ask_price     text,
     ask_size      text,
-    batch_id      bigint
+    batch_id      bigint,
+    status_code   integer,
+    response_time_ms double precision
 ) ON COMMIT DELETE ROWS
 """

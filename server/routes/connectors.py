@@ -11,16 +11,16 @@ from quart import Blueprint, Response, request
 
 from engine.errors import NotFound
 from engine.models import ConnectorSpec, ConnectorStatus
-from engine.sources import detect_exchange, protocol_for
 from engine.storage import connectors as sql
 from engine.storage import queries
 from engine.storage.records import TABLES
 
+from ..connector_specs import build_spec
 from ..context import engine, json_body
 from ..params import int_arg, only_args
 from ..responses import json_response
-from ..schemas import ConnectorCreate, DataQuery, connector_json, record_json, status_json
-from ..validation import error, structure
+from ..schemas import DataQuery, connector_json, record_json, status_json
+from ..validation import error
 
 bp = Blueprint("connectors", __name__)
 
@@ -30,41 +30,40 @@ MAX_SKIP = 10_000_000
 
 @bp.post("/api/connectors")
 async def create_connector() -> Response:
-    raw = await json_body()
-    body = structure(raw, ConnectorCreate)
-    protocol = protocol_for(body.api_url)
-    if protocol == "rest":
-        raise error(
-            ["body", "api_url"],
-            "REST polling connectors are not available yet; use a ws:// or wss:// URL",
-        )
-    assert protocol is not None  # the schema checked the scheme
-    exchange = (body.exchange or detect_exchange(body.api_url)).lower()
-    app_ping = body.app_ping
-    if "app_ping" not in raw and exchange == "okx":
-        app_ping = "ping"  # OKX closes connections that send nothing for 30 s
-    spec = ConnectorSpec(
-        connector_id="conn_" + secrets.token_hex(8),
-        name=body.name.strip(),
-        api_url=body.api_url,
-        protocol=protocol,
-        exchange=exchange,
-        http_method=body.http_method,
-        headers=body.headers,
-        query_params=body.query_params,
-        auth_type=body.auth_type,
-        polling_interval=body.polling_interval,
-        subscribe_messages=body.subscribe_messages,
-        ping_interval=body.ping_interval,
-        pong_timeout=body.pong_timeout,
-        stale_timeout=body.stale_timeout,
-        app_ping=app_ping,
-        app_ping_interval=body.app_ping_interval,
-        field_mapping=body.field_mapping,
-        retention_days=body.retention_days,
-    )
-    stored = await engine().db.run(sql.insert_connector, spec)
+    eng = engine()
+    connector_id = "conn_" + secrets.token_hex(8)
+    spec = build_spec(await json_body(), connector_id, eng.secrets, eng.egress)
+    stored = await eng.db.run(sql.insert_connector, spec)
     return json_response(connector_json(stored, "inactive"), 201)
+
+
+@bp.put("/api/connectors/<connector_id>")
+async def update_connector(connector_id: str) -> Response:
+    """Change any subset of the creation fields; a running connector is replaced (the old
+    one stops before the new one starts, never two at once)."""
+    eng = engine()
+    raw = await json_body()
+    existing = await _spec(connector_id)
+    spec = build_spec(raw, connector_id, eng.secrets, eng.egress, existing)
+    stored = await eng.db.run(sql.update_connector, spec)
+    if eng.manager.is_running(connector_id):
+        await eng.manager.restart(connector_id)
+    statuses = await eng.db.run(sql.status_names)
+    return json_response(connector_json(stored, _status_word(connector_id, statuses)))
+
+
+@bp.delete("/api/connectors/<connector_id>")
+async def delete_connector(connector_id: str) -> Response:
+    only_args({"purge_data"})
+    purge = (request.args.get("purge_data") or "false").lower()
+    if purge not in ("true", "false", "1", "0"):
+        raise error(["query", "purge_data"], "must be true or false")
+    eng = engine()
+    await _spec(connector_id)
+    await eng.manager.remove(connector_id)
+    if not await eng.db.run(sql.delete_connector, connector_id, purge in ("true", "1")):
+        raise NotFound(f"connector {connector_id} not found")
+    return Response(status=204)
 
 
 @bp.get("/api/connectors")
@@ -86,6 +85,10 @@ async def get_connector(connector_id: str) -> Response:
 @bp.post("/api/connectors/<connector_id>/start")
 async def start_connector(connector_id: str) -> Response:
     status = await engine().manager.start(connector_id)
+    if status.status == "error":
+        return json_response(
+            {"connector_id": connector_id, "status": "error", "detail": status.last_error}, 409
+        )
     word = "running" if status.status in ("connecting", "reconnecting") else status.status
     return json_response({"connector_id": connector_id, "status": word})
 
