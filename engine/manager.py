@@ -304,7 +304,7 @@ class ConnectorManager:
             last_status_code=getattr(stats, "last_status_code", None),
         )
 
-    def accounting(self, connector_id: str) -> dict[str, int]:
+    def accounting(self, connector_id: str) -> dict[str, int] | None:
         """Where every message and record of a connector went, since its last start.
 
         ``messages_received = messages_normalized + control + rejected + gap + in_flight``
@@ -314,7 +314,7 @@ class ConnectorManager:
         """
         entry = self._last.get(connector_id)
         if entry is None:
-            raise NotFound(f"connector {connector_id} has not run in this process")
+            return None  # never ran in this process (or could not start)
         stats = entry.actor.statistics()
         counters = self.processor.counters_for(connector_id)
         frames = counters.frames - entry.base_frames

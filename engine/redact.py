@@ -7,6 +7,8 @@ through these functions.
 
 from __future__ import annotations
 
+import logging
+import re
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
@@ -28,3 +30,28 @@ def describe_http_error(exc: BaseException) -> str:
     if isinstance(exc, httpx.HTTPError):
         return f"request failed ({type(exc).__name__})"
     return type(exc).__name__
+
+
+_URL_QUERY = re.compile(r"((?:https?|wss?)://[^\s?#'\"]+)\?[^\s'\"]*", re.IGNORECASE)
+_AUTH_HEADER = re.compile(
+    r"(authorization|x-mbx-apikey|ok-access-[a-z]+|x-api-key)(['\"]?\s*[:=]\s*['\"]?)(?:(?:bearer|basic)\s+)?[^\s'\",}]+",
+    re.IGNORECASE,
+)
+
+
+def redact_text(text: str) -> str:
+    """Remove URL query strings and credential header values from free text."""
+    text = _URL_QUERY.sub(r"\1?<redacted>", text)
+    return _AUTH_HEADER.sub(r"\1\2<redacted>", text)
+
+
+class RedactingFilter(logging.Filter):
+    """A logging filter that redacts every record's final message (installed on the
+    handlers by ``server.logs``), so a library that logs URLs cannot leak a query string."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        cleaned = redact_text(message)
+        if cleaned != message:
+            record.msg, record.args = cleaned, None
+        return True

@@ -19,12 +19,14 @@ the send channel.
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import logging
 import math
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import Any
 
 import attrs
 import httpx
@@ -219,11 +221,13 @@ class RestPoller:
                     self._error("http_status", f"HTTP {code}")
                     return None
                 chunks, size = [], 0
-                async for chunk in response.aiter_bytes():
-                    size += len(chunk)
-                    if size > self.max_response_bytes:
-                        raise _TooLarge
-                    chunks.append(chunk)
+                body_iter: Any = response.aiter_bytes()  # an async generator: aclose()-able
+                async with contextlib.aclosing(body_iter) as body_chunks:
+                    async for chunk in body_chunks:  # decompressed: the cap is on real size
+                        size += len(chunk)
+                        if size > self.max_response_bytes:
+                            raise _TooLarge
+                        chunks.append(chunk)
         except _TooLarge:
             self._error("oversized", f"response larger than {self.max_response_bytes} bytes")
             return None

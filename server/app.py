@@ -11,16 +11,18 @@ Two ways to run it, one engine:
 
 from __future__ import annotations
 
+import hmac
 import logging
+from urllib.parse import urlsplit
 
-from quart import Response, request
+from quart import Response, request, websocket
 from quart_trio import QuartTrio
 
 from engine.config import Settings
 from engine.engine import Engine
 
 from .context import ENGINE_KEY
-from .responses import install_error_handlers
+from .responses import detail, install_error_handlers
 from .routes import connectors, normalize, realtime, system, websocket_data
 
 logger = logging.getLogger(__name__)
@@ -39,6 +41,8 @@ def create_app(engine: Engine | None = None, settings: Settings | None = None) -
     app.config["BACKGROUND_TASK_SHUTDOWN_TIMEOUT"] = engine.settings.drain_timeout + 5
     install_error_handlers(app)
     _install_cors(app, engine.settings.allowed_origins)
+    _install_token(app, engine.settings.api_token)
+    _install_origin_check(app, engine.settings.allowed_origins)
     for module in (connectors, system, realtime, websocket_data, normalize):
         app.register_blueprint(module.bp)
 
@@ -76,3 +80,50 @@ def _install_cors(app: QuartTrio, origins: tuple[str, ...]) -> None:
                 response.headers["Access-Control-Allow-Headers"] = asked or "Content-Type"
                 response.headers["Access-Control-Max-Age"] = "600"
         return response
+
+
+def _install_token(app: QuartTrio, token: str | None) -> None:
+    """With ``SLUICE_API_TOKEN`` set, every ``/api/`` route and the realtime socket need it
+    (``Authorization: Bearer …``; the socket may pass ``?token=``), compared in constant
+    time."""
+    if not token:
+        return
+    expected = token.encode()
+
+    def valid(given: str | None) -> bool:
+        return given is not None and hmac.compare_digest(given.encode(), expected)
+
+    def bearer(header: str | None) -> str | None:
+        if header and header.startswith("Bearer "):
+            return header[len("Bearer ") :].strip()
+        return None
+
+    def refusal() -> Response:
+        response = detail("missing or invalid bearer token", 401)
+        response.headers["WWW-Authenticate"] = "Bearer"
+        return response
+
+    @app.before_request
+    async def _check_request() -> Response | None:
+        if request.method == "OPTIONS" or not request.path.startswith("/api/"):
+            return None
+        return None if valid(bearer(request.headers.get("Authorization"))) else refusal()
+
+    @app.before_websocket
+    async def _check_websocket() -> Response | None:
+        given = bearer(websocket.headers.get("Authorization")) or websocket.args.get("token")
+        return None if valid(given) else refusal()
+
+
+def _install_origin_check(app: QuartTrio, origins: tuple[str, ...]) -> None:
+    """Browsers send ``Origin`` with WebSocket upgrades: accept only listed origins (or,
+    with none listed, the server's own), so another site cannot read the feed."""
+
+    @app.before_websocket
+    async def _check_origin() -> Response | None:
+        origin = websocket.headers.get("Origin")
+        if origin is None or "*" in origins or origin in origins:
+            return None
+        if not origins and urlsplit(origin).netloc == websocket.headers.get("Host"):
+            return None
+        return detail("origin not allowed", 403)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import logging
 import sys
 from collections.abc import Sequence
@@ -15,6 +16,7 @@ from engine.errors import ConfigurationError
 from engine.storage import Database, migrations
 
 from .logs import configure_logging
+from .rotate import rotate_keys
 from .serve import serve
 
 logger = logging.getLogger("sluice")
@@ -40,6 +42,18 @@ def build_parser() -> argparse.ArgumentParser:
     p_serve.add_argument(
         "--port", type=int, help="port to bind, 0 for any free port (default $SLUICE_PORT or 8000)"
     )
+    p_serve.add_argument(
+        "--insecure",
+        action="store_true",
+        help="allow binding beyond loopback without SLUICE_API_TOKEN (not recommended)",
+    )
+    sub.add_parser(
+        "rotate-keys",
+        help="re-encrypt every stored secret with the newest key",
+        description="Re-encrypt stored credentials and header/query values with ENCRYPTION_KEY,"
+        " decrypting with it or any key in ENCRYPTION_KEYS. Safe to rerun after an"
+        " interruption: values already under the newest key are left alone.",
+    )
     sub.add_parser(
         "migrate",
         help="apply pending database migrations and exit",
@@ -61,15 +75,44 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if not 0 <= args.port <= 65535:
                     raise ConfigurationError("--port must be between 0 and 65535")
                 settings = attrs.evolve(settings, port=args.port)
+            check_exposure(settings, insecure=args.insecure)
             trio.run(serve, settings)
         elif args.command == "migrate":
             trio.run(_migrate, settings)
+        elif args.command == "rotate-keys":
+            trio.run(_rotate, settings)
     except ConfigurationError as exc:
         print(f"sluice: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
     return 0
+
+
+def check_exposure(settings: Settings, *, insecure: bool) -> None:
+    """Refuse to serve the management API beyond loopback without a token."""
+    if settings.api_token or insecure or is_loopback(settings.host):
+        return
+    raise ConfigurationError(
+        f"refusing to listen on {settings.host} without SLUICE_API_TOKEN: anyone who can"
+        " reach it could read data and run connectors. Set a token, bind to 127.0.0.1,"
+        " or pass --insecure if this is deliberate."
+    )
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+async def _rotate(settings: Settings) -> None:
+    async with Database.open(settings) as db:
+        changed = await rotate_keys(db, settings)
+    print(f"re-encrypted {changed} stored secret value(s) with the newest key")
 
 
 async def _migrate(settings: Settings) -> None:

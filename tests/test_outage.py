@@ -20,7 +20,7 @@ from .fault_proxy import FaultProxy
 
 pytestmark = pytest.mark.e2e
 
-TOTAL = 16_000
+TOTAL = 24_000  # 12 s of feed: data keeps arriving through every outage
 RATE = 2_000
 
 
@@ -49,7 +49,9 @@ async def test_database_outage_under_load_loses_and_duplicates_nothing(
                 await trio.sleep(outage)
                 proxy.restore()
                 restored_at = trio.current_time()
-                while writer.rows_committed == committed_before:
+                while writer.rows_committed == committed_before and (
+                    writer.committed_for(connector_id) < TOTAL
+                ):
                     await trio.sleep(0.05)
                 recovery_delays.append(trio.current_time() - restored_at)
             while writer.committed_for(connector_id) < TOTAL:

@@ -103,8 +103,9 @@ async def stop_connector(connector_id: str) -> Response:
 async def connector_status(connector_id: str) -> Response:
     body = status_json(await _status(connector_id))
     manager = engine().manager
-    if connector_id in manager.known():
-        body["accounting"] = manager.accounting(connector_id)
+    accounting = manager.accounting(connector_id)
+    if accounting is not None:
+        body["accounting"] = accounting
     return json_response(body)
 
 

@@ -51,7 +51,8 @@ def _text(value: Any, name: str) -> str | None:
 
 def parse_filter(spec: dict[str, Any]) -> tuple[Filter, bool]:
     """A subscription request → (filter, batch mode); ValueError names the bad field."""
-    unknown = set(spec) - {"action", "connector_id", "exchange", "instrument", "types", "batch"}
+    known = {"action", "connector_id", "exchange", "instrument", "types", "batch", "token"}
+    unknown = set(spec) - known
     if unknown:
         raise ValueError(f"unknown field {sorted(unknown)[0]}")
     types = spec.get("types")
