@@ -94,7 +94,7 @@ class Journal:
         backoff = Backoff(base=0.2, cap=10.0)
         while True:
             try:
-                await self.db.run(sql.insert_events, gaps, errors, rejects)
+                await self.db.sink(sql.insert_events, gaps, errors, rejects)
             except SinkUnavailable:
                 await trio.sleep(backoff.next_delay())
                 continue

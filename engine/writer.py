@@ -166,7 +166,7 @@ class BatchWriter:
         while True:
             started = trio.current_time()
             try:
-                stored, duplicates = await self.db.run(insert_records, records)
+                stored, duplicates = await self.db.sink(insert_records, records)
             except SinkUnavailable as exc:
                 self.retries += 1
                 self.last_error = str(exc)

@@ -37,6 +37,7 @@ T = TypeVar("T")
 Conn = psycopg.Connection[Any]
 
 JSONB_OID = 3802
+SINK_WAIT = 2.0
 
 
 class RawJsonb(bytes):
@@ -89,6 +90,7 @@ class Database:
             name="sluice",
         )
         self._limiter = trio.CapacityLimiter(max(settings.pool_max, settings.pool_min))
+        self._pool_timeout = settings.pool_timeout
 
     @classmethod
     @contextlib.asynccontextmanager
@@ -128,10 +130,27 @@ class Database:
     async def run(self, fn: Callable[Concatenate[Conn, P], T], *args: P.args, **kw: P.kwargs) -> T:
         """Call ``fn(conn, *args)`` in a worker thread with a pooled connection, inside one
         transaction (committed when ``fn`` returns, rolled back if it raises)."""
+        return await self._call(self._pool_timeout, False, lambda conn: fn(conn, *args, **kw))
 
+    async def sink(self, fn: Callable[Concatenate[Conn, P], T], *args: P.args, **kw: P.kwargs) -> T:
+        """Like :meth:`run`, for writers that retry: waits at most ``SINK_WAIT`` for a
+        pooled connection, then tries a fresh one of its own. The pool reconnects with a
+        growing backoff after an outage; a writer must not wait for that to commit again."""
+        return await self._call(
+            min(self._pool_timeout, SINK_WAIT), True, lambda conn: fn(conn, *args, **kw)
+        )
+
+    async def _call(self, wait: float, fallback: bool, fn: Callable[[Conn], T]) -> T:
         def call() -> T:
-            with self._pool.connection() as conn:
-                return fn(conn, *args, **kw)
+            try:
+                with self._pool.connection(timeout=wait) as conn:
+                    return fn(conn)
+            except psycopg_pool.PoolTimeout:
+                if not fallback:
+                    raise
+            with psycopg.connect(self.dsn, connect_timeout=5) as conn:
+                _configure(conn)
+                return fn(conn)
 
         try:
             return await trio.to_thread.run_sync(call, limiter=self._limiter)
