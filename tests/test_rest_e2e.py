@@ -181,3 +181,65 @@ async def test_rotate_keys_reencrypts_everything_and_is_rerunnable(
     )
     assert new.decrypt(stored.headers["X-A"], "conn_rot", "header:X-A") == "h"
     assert b"tok-5ecret" not in orjson.dumps(stored.credentials)
+
+
+async def test_update_replaces_a_running_connector_and_delete_purges(
+    nursery: trio.Nursery, service: Service, database_dsn: str
+) -> None:
+    rest: FakeRest = await nursery.start(FakeRest(per_request=2).run)
+    with trio.fail_after(30):
+        async with httpx.AsyncClient(base_url=service.url) as client:
+            body = {"name": "r", "api_url": rest.url("/a"), "polling_interval": 100}
+            cid = (await client.post("/api/connectors", json=body)).json()["connector_id"]
+            await client.post(f"/api/connectors/{cid}/start")
+            while (await client.get(f"/api/connectors/{cid}/status")).json()["records_stored"] < 4:
+                await trio.sleep(0.05)
+            updated = await client.put(f"/api/connectors/{cid}", json={"api_url": rest.url("/b")})
+            assert updated.status_code == 200
+            assert updated.json()["api_url"].endswith("/b")
+            before = len(rest.requests)
+            while len(rest.requests) < before + 3:
+                await trio.sleep(0.05)
+            assert rest.requests[-1].startswith(b"GET /b ")
+            assert service.engine.manager.is_running(cid)
+            for bad, loc in (
+                ({"connector_id": "conn_x"}, ["body", "connector_id"]),
+                ({"status": "running"}, ["body", "status"]),
+                ({"polling_interval": 1}, ["body", "polling_interval"]),
+            ):
+                response = await client.put(f"/api/connectors/{cid}", json=bad)
+                assert response.status_code == 422
+                assert response.json()["detail"][0]["loc"] == loc
+            deleted = await client.delete(f"/api/connectors/{cid}?purge_data=true")
+            assert deleted.status_code == 204
+            assert not service.engine.manager.is_running(cid)
+            assert (await client.get(f"/api/connectors/{cid}")).status_code == 404
+            assert (await client.delete(f"/api/connectors/{cid}")).status_code == 404
+    with psycopg.connect(database_dsn) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM api_connector_data WHERE connector_id = %s", (cid,)
+        ).fetchone()
+    assert row == (0,)
+
+
+async def test_websocket_sources_go_through_the_egress_guard(
+    nursery: trio.Nursery, settings: Settings
+) -> None:
+    strict = evolve(settings, allow_private_networks=False)
+    service: Service = await nursery.start(partial(serve, strict, handle_signals=False))
+    with trio.fail_after(30):
+        async with httpx.AsyncClient(base_url=service.url) as client:
+            literal = await client.post(
+                "/api/connectors", json={"name": "x", "api_url": "ws://127.0.0.1:9/feed"}
+            )
+            assert literal.status_code == 422  # an IP literal that can never be allowed
+            body = {"name": "x", "api_url": "ws://localhost:9/feed"}  # a name: checked on connect
+            cid = (await client.post("/api/connectors", json=body)).json()["connector_id"]
+            await client.post(f"/api/connectors/{cid}/start")
+            while not (await client.get(f"/api/connectors/{cid}/errors")).json()["count"]:
+                await trio.sleep(0.05)
+            errors = (await client.get(f"/api/connectors/{cid}/errors")).json()["data"]
+    assert errors[0]["kind"] == "egress_denied"
+    assert errors[0]["message"] == "destination not allowed by the egress policy"
+    service.stop()
+    await service.engine.stopped.wait()

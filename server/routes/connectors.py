@@ -63,7 +63,7 @@ async def delete_connector(connector_id: str) -> Response:
     await eng.manager.remove(connector_id)
     if not await eng.db.run(sql.delete_connector, connector_id, purge in ("true", "1")):
         raise NotFound(f"connector {connector_id} not found")
-    return Response(status=204)
+    return Response(b"", status=204)
 
 
 @bp.get("/api/connectors")
