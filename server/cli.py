@@ -84,9 +84,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigurationError as exc:
         print(f"sluice: {exc}", file=sys.stderr)
         return 2
+    except BaseExceptionGroup as group:
+        # The composition root is where groups are inspected: a configuration problem
+        # found while starting is a clear message, not a traceback.
+        problems, rest = group.split(ConfigurationError)
+        if problems is None or rest is not None:
+            raise
+        for problem in _leaves(problems):
+            print(f"sluice: {problem}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return 130
     return 0
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    out: list[BaseException] = []
+    for exc in group.exceptions:
+        out.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    return out
 
 
 def check_exposure(settings: Settings, *, insecure: bool) -> None:

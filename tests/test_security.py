@@ -108,3 +108,25 @@ async def test_deeply_nested_json_is_a_clean_4xx(service: Service) -> None:
         assert response.status_code == 422
         huge_header = await client.get("/api/connectors", headers={"X-Big": "a" * 70_000})
         assert 400 <= huge_header.status_code < 500
+
+
+def test_cli_reports_configuration_problems_without_a_traceback(
+    database_dsn: str, tmp_path: object
+) -> None:
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "POSTGRES_DSN": database_dsn, "SLUICE_DATA_DIR": str(tmp_path)}
+    env.pop("ENCRYPTION_KEY", None)
+    result = subprocess.run(
+        [sys.executable, "-m", "server.cli", "serve", "--port", "0"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "ENCRYPTION_KEY is required" in result.stderr
+    assert "Traceback" not in result.stderr
