@@ -154,10 +154,16 @@ class ConnectorManager:
             await self._spawn(spec)
 
     async def remove(self, connector_id: str) -> None:
-        """Stop a connector (if running) and forget it, before its row is deleted."""
+        """Stop a connector (if running), let what it already received reach the database,
+        and forget it, before its row (and maybe its data) is deleted."""
         async with self._lock:
             if connector_id in self._running:
                 await self._halt(connector_id)
+            with trio.move_on_after(STOP_TIMEOUT):
+                while (left := self.accounting(connector_id)) and (
+                    left["messages_in_flight"] or left["records_pending"]
+                ):
+                    await trio.sleep(0.02)
             self.forget(connector_id)
 
     def is_running(self, connector_id: str) -> bool:
