@@ -45,6 +45,9 @@ class Settings:
     egress_allow: tuple[str, ...] = ()
     api_token: str | None = attrs.field(default=None, repr=False)
     save_timeout: float = 10.0
+    trio_debug: bool = False
+    slow_step: float = 0.02
+    log_format: str = "text"
     retention_days: int | None = None
     retention_interval: float = 3600.0
 
@@ -80,6 +83,9 @@ class Settings:
             ),
             realtime_max_lag=_int(env, "SLUICE_REALTIME_MAX_LAG", 20_000, 1, 10_000_000),
             save_timeout=_float(env, "SLUICE_SAVE_TIMEOUT", 10.0, 0.1, 3600),
+            trio_debug=_bool(env, "SLUICE_TRIO_DEBUG"),
+            slow_step=_int(env, "SLUICE_SLOW_STEP_MS", 20, 1, 60_000) / 1000,
+            log_format=_choice(env, "SLUICE_LOG_FORMAT", "text", ("text", "json")),
             encryption_keys=env.get("ENCRYPTION_KEYS") or None,
             allow_private_networks=_bool(env, "SLUICE_ALLOW_PRIVATE_NETWORKS"),
             egress_allow=_host_ports(env, "SLUICE_EGRESS_ALLOW"),

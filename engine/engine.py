@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import attrs
 import httpx
@@ -26,6 +26,7 @@ from .crypto import Keyring, load_keyring
 from .egress import EgressPolicy, GuardedTransport
 from .errors import SinkUnavailable, Unavailable
 from .hub import BroadcastHub, HubItem
+from .instrument import EngineInstrument
 from .journal import Journal
 from .manager import ConnectorManager
 from .models import Record, SourceBatch
@@ -65,6 +66,8 @@ class Engine:
     supervisors: list[Supervisor] = attrs.field(factory=list)
     retention: Retention | None = None
     keyring: Keyring | None = None
+    instrument: EngineInstrument | None = None
+    channels: dict[str, Any] = attrs.field(factory=dict)
     _stop: trio.Event = attrs.field(factory=trio.Event)
     stopped: trio.Event = attrs.field(factory=trio.Event)
     accepting: bool = False
@@ -96,6 +99,30 @@ class Engine:
     def request_stop(self) -> None:
         self._stop.set()
 
+    def actor_statistics(self) -> dict[str, Any]:
+        """Every actor's statistics and every pipeline channel's buffer use and waiters
+        (where backpressure is)."""
+        channels = {}
+        for name, channel in self.channels.items():
+            st = channel.statistics()
+            channels[name] = {
+                "buffer_used": st.current_buffer_used,
+                "capacity": st.max_buffer_size,
+                "tasks_waiting_send": st.tasks_waiting_send,
+                "tasks_waiting_receive": st.tasks_waiting_receive,
+            }
+        stats = {
+            "supervisors": [attrs.asdict(s.statistics()) for s in self.supervisors],
+            "channels": channels,
+        }
+        for name in ("writer", "processor", "hub", "journal"):
+            actor = getattr(self, "_" + name)
+            if actor is not None:
+                snapshot = attrs.asdict(actor.statistics())
+                snapshot.pop("sources", None)
+                stats[name] = snapshot
+        return stats
+
     async def save(self, records: list[Record]) -> WriteTicket:
         """Hand records straight to the writer and wait until they are committed.
 
@@ -121,6 +148,8 @@ class Engine:
 
     async def run(self, *, task_status: trio.TaskStatus[Engine] = trio.TASK_STATUS_IGNORED) -> None:
         s = self.settings
+        self.instrument = EngineInstrument(slow_step=s.slow_step, debug=s.trio_debug)
+        trio.lowlevel.add_instrument(self.instrument)
         try:
             self.keyring = load_keyring(
                 s.encryption_key, s.encryption_keys, embedded=s.embedded, data_dir=s.data_dir
@@ -138,6 +167,7 @@ class Engine:
                 await self._run_actors(db, http, task_status)
         finally:
             self.accepting = False
+            trio.lowlevel.remove_instrument(self.instrument)
             self.stopped.set()
 
     @property
@@ -183,6 +213,7 @@ class Engine:
             egress=self.egress,
         )
         self._ingest = rec_send.clone()
+        self.channels = {"raw": raw_recv, "records": rec_recv, "committed": out_recv}
         self.retention = Retention(db, s.retention_days, interval=s.retention_interval)
         self.supervisors = [
             Supervisor("hub", hub.run, escalate=True),

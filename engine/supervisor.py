@@ -57,7 +57,7 @@ class Supervisor:
         while True:
             try:
                 async with trio.open_nursery() as nursery:
-                    await nursery.start(self.target)
+                    await nursery.start(self.target, name=self.name)
                     self.state = "running"
                     if not started:
                         started = True

@@ -29,6 +29,7 @@ import trio
 from .backoff import Backoff
 from .errors import BadMessage, SinkUnavailable
 from .hub import HubItem
+from .metrics import Histogram
 from .models import Record, Rejected, StoredRecord
 from .storage import Database
 from .storage.records import insert_records
@@ -99,6 +100,12 @@ class BatchWriter:
     _tickets: list[WriteTicket] = attrs.field(factory=list)
     _taken: int = 0  # records ever taken in; with _flushed, says which tickets are done
     _flushed: int = 0
+    flush_seconds: Histogram = attrs.field(
+        factory=lambda: Histogram((0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0))
+    )
+    batch_sizes: Histogram = attrs.field(
+        factory=lambda: Histogram((1, 10, 100, 500, 1000, 2000, 5000, 10000))
+    )
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
@@ -184,6 +191,8 @@ class BatchWriter:
                 logger.info("writer: database available again")
             self.sink_available = True
             self.last_flush_seconds = trio.current_time() - started
+            self.flush_seconds.observe(self.last_flush_seconds)
+            self.batch_sizes.observe(len(records))
             self._count(records, stored, duplicates)
             return stored
 

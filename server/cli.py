@@ -9,12 +9,15 @@ import sys
 from collections.abc import Sequence
 
 import attrs
+import httpx
 import trio
 
 from engine.config import Settings
 from engine.errors import ConfigurationError
+from engine.redact import describe_http_error
 from engine.storage import Database, migrations
 
+from . import client_commands
 from .logs import configure_logging
 from .rotate import rotate_keys
 from .serve import serve
@@ -54,6 +57,19 @@ def build_parser() -> argparse.ArgumentParser:
         " decrypting with it or any key in ENCRYPTION_KEYS. Safe to rerun after an"
         " interruption: values already under the newest key are left alone.",
     )
+    for name, text in (
+        ("tasks", "print the Trio task tree and channel backpressure of a running server"),
+        ("status", "list the connectors of a running server with their states"),
+    ):
+        p = sub.add_parser(name, help=text, description=text.capitalize() + ".")
+        p.add_argument("--url", help="server URL (default from SLUICE_HOST/SLUICE_PORT)")
+    sub.add_parser(
+        "doctor",
+        help="check the set-up: database, migrations, key, port, egress policy",
+        description="Check that Sluice can run here: database reachable (and its version),"
+        " migrations applied, encryption key usable, the port free, the egress policy."
+        " Exits 1 with a list of what is wrong.",
+    )
     sub.add_parser(
         "migrate",
         help="apply pending database migrations and exit",
@@ -67,7 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         settings = Settings.from_env()
-        configure_logging(settings.log_level)
+        configure_logging(settings.log_level, settings.log_format)
         if args.command == "serve":
             if args.host:
                 settings = attrs.evolve(settings, host=args.host)
@@ -81,6 +97,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             trio.run(_migrate, settings)
         elif args.command == "rotate-keys":
             trio.run(_rotate, settings)
+        elif args.command in ("tasks", "status"):
+            command = client_commands.tasks if args.command == "tasks" else client_commands.status
+            try:
+                print("\n".join(command(settings, args.url)))
+            except httpx.HTTPError as exc:
+                print(
+                    f"sluice: cannot reach the server: {describe_http_error(exc)}", file=sys.stderr
+                )
+                return 1
+        elif args.command == "doctor":
+            fine, failures = trio.run(client_commands.doctor, settings)
+            for line in fine:
+                print(f"ok    {line}")
+            for line in failures:
+                print(f"FAIL  {line}")
+            return 1 if failures else 0
     except ConfigurationError as exc:
         print(f"sluice: {exc}", file=sys.stderr)
         return 2

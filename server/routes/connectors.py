@@ -7,6 +7,7 @@ import secrets
 from collections.abc import Callable
 from typing import Any
 
+import attrs
 from quart import Blueprint, Response, request
 
 from engine.errors import NotFound
@@ -106,6 +107,9 @@ async def connector_status(connector_id: str) -> Response:
     accounting = manager.accounting(connector_id)
     if accounting is not None:
         body["accounting"] = accounting
+    actor = manager.actor_statistics(connector_id)
+    if actor is not None:
+        body["actor"] = attrs.asdict(actor)  # buffer use, pings, requests: the detail
     return json_response(body)
 
 

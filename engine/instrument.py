@@ -1,0 +1,125 @@
+"""Trio instrumentation as a product feature: the live task tree, slow task steps,
+event-loop lag and busy/idle time, cheap enough to stay on.
+
+* A task step longer than ``slow_step`` (default 20 ms) blocked every other task; it is
+  logged with the task's name (and its stack with ``SLUICE_TRIO_DEBUG=1``).
+* Loop lag is the time from a task becoming runnable to it running: a histogram.
+* Busy time is time spent in task steps; idle time is time waiting for I/O.
+
+The instrument only observes (``trio.abc.Instrument`` hooks); :func:`task_tree` reads the
+tree from Trio's introspection API when asked.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+from typing import Any
+
+import trio
+
+from .metrics import Histogram
+
+logger = logging.getLogger(__name__)
+
+LAG_BUCKETS = (0.0001, 0.0005, 0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5, 1.0)
+
+
+class EngineInstrument(trio.abc.Instrument):
+    def __init__(self, slow_step: float = 0.02, debug: bool = False) -> None:
+        self.slow_step = slow_step
+        self.debug = debug
+        self.loop_lag = Histogram(LAG_BUCKETS)
+        self.busy_seconds = 0.0
+        self.idle_seconds = 0.0
+        self.slow_steps = 0
+        self.tasks_spawned = 0
+        self.tasks_exited = 0
+        self._scheduled: dict[trio.lowlevel.Task, float] = {}
+        self._step_started = 0.0
+        self._idle_started = 0.0
+
+    def task_spawned(self, task: trio.lowlevel.Task) -> None:
+        self.tasks_spawned += 1
+
+    def task_exited(self, task: trio.lowlevel.Task) -> None:
+        self.tasks_exited += 1
+        self._scheduled.pop(task, None)
+
+    def task_scheduled(self, task: trio.lowlevel.Task) -> None:
+        self._scheduled[task] = time.perf_counter()
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        now = time.perf_counter()
+        scheduled = self._scheduled.pop(task, None)
+        if scheduled is not None:
+            self.loop_lag.observe(now - scheduled)
+        self._step_started = now
+
+    def after_task_step(self, task: trio.lowlevel.Task) -> None:
+        took = time.perf_counter() - self._step_started
+        self.busy_seconds += took
+        if took > self.slow_step:
+            self.slow_steps += 1
+            if self.debug:
+                stack = "".join(traceback.format_list(_await_stack(task)))
+                logger.warning("slow task step: %s took %.1f ms\n%s", task.name, took * 1000, stack)
+            else:
+                logger.warning("slow task step: %s took %.1f ms", task.name, took * 1000)
+
+    def before_io_wait(self, timeout: float) -> None:
+        self._idle_started = time.perf_counter()
+
+    def after_io_wait(self, timeout: float) -> None:
+        self.idle_seconds += time.perf_counter() - self._idle_started
+
+
+def _await_stack(task: trio.lowlevel.Task) -> traceback.StackSummary:
+    return traceback.StackSummary.extract(
+        ((frame, lineno) for frame, lineno in task.iter_await_frames()), lookup_lines=False
+    )
+
+
+def _waiting_on(task: trio.lowlevel.Task) -> str | None:
+    """The innermost await outside Trio's own internals, e.g. ``MemorySendChannel.send``."""
+    frames = list(task.iter_await_frames())
+    for frame, lineno in reversed(frames):
+        module = frame.f_globals.get("__name__", "")
+        if not module.startswith("trio._core"):
+            return f"{frame.f_code.co_qualname} ({module}:{lineno})"
+    return None
+
+
+def task_tree() -> dict[str, Any]:
+    """The live task tree from the root: tasks, their nurseries, and what each awaits."""
+
+    def describe(task: trio.lowlevel.Task) -> dict[str, Any]:
+        return {
+            "name": task.name,
+            "waiting_on": _waiting_on(task),
+            "nurseries": [
+                [describe(child) for child in nursery.child_tasks]
+                for nursery in task.child_nurseries
+            ],
+        }
+
+    root = trio.lowlevel.current_root_task()
+    assert root is not None  # called from inside trio.run
+    return describe(root)
+
+
+def render_tree(node: dict[str, Any]) -> list[str]:
+    """The tree as text lines, the way ``sluice tasks`` prints it."""
+    lines: list[str] = []
+
+    def walk(item: dict[str, Any], lead: str, branch: str) -> None:
+        waiting = f"  <- {item['waiting_on']}" if item.get("waiting_on") else ""
+        lines.append(f"{lead}{branch}{item['name']}{waiting}")
+        children = [child for nursery in item.get("nurseries", []) for child in nursery]
+        below = lead + ("   " if branch == "└─ " else "│  " if branch else "")
+        for i, child in enumerate(children):
+            walk(child, below, "└─ " if i == len(children) - 1 else "├─ ")
+
+    walk(node, "", "")
+    return lines
