@@ -135,6 +135,9 @@ class Engine:
         if ingest is None or not self.accepting:
             raise EngineNotReady("the engine is not accepting writes")
         ticket = WriteTicket(records)
+        if not records:
+            ticket.done.set()
+            return ticket
         timeout = self.settings.save_timeout
         with trio.move_on_after(timeout) as scope:
             await ingest.send(ticket)

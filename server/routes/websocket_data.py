@@ -37,7 +37,7 @@ PAGE = {"limit", "skip", "collection_type", "sort_by", "sort_order"}
 
 def _records(body: SaveMessage, loc: list[str | int], batch_id: int | None = None) -> list[Record]:
     try:
-        return records_from_message(
+        records = records_from_message(
             body.data,
             exchange=body.exchange,
             connector_id=body.connector_id,
@@ -55,6 +55,9 @@ def _records(body: SaveMessage, loc: list[str | int], batch_id: int | None = Non
         )
     except BadMessage as exc:
         raise error([*loc, "data"], f"{exc.category}: {exc.detail}") from None
+    if not records:
+        raise error([*loc, "data"], "the message holds no records (an empty array?)")
+    return records
 
 
 def _save_result(ticket_ids: list[int | None], rejected: dict[int, str]) -> dict[str, Any]:
