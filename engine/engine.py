@@ -68,6 +68,7 @@ class Engine:
     keyring: Keyring | None = None
     instrument: EngineInstrument | None = None
     channels: dict[str, Any] = attrs.field(factory=dict)
+    channel_peaks: dict[str, int] = attrs.field(factory=dict)
     _stop: trio.Event = attrs.field(factory=trio.Event)
     stopped: trio.Event = attrs.field(factory=trio.Event)
     accepting: bool = False
@@ -99,6 +100,15 @@ class Engine:
     def request_stop(self) -> None:
         self._stop.set()
 
+    async def _sample_channels(self) -> None:
+        """Remember each pipeline channel's peak use (sampled every 50 ms)."""
+        while True:
+            for name, channel in self.channels.items():
+                used = channel.statistics().current_buffer_used
+                if used > self.channel_peaks.get(name, 0):
+                    self.channel_peaks[name] = used
+            await trio.sleep(0.05)
+
     def actor_statistics(self) -> dict[str, Any]:
         """Every actor's statistics and every pipeline channel's buffer use and waiters
         (where backpressure is)."""
@@ -107,6 +117,7 @@ class Engine:
             st = channel.statistics()
             channels[name] = {
                 "buffer_used": st.current_buffer_used,
+                "peak": max(self.channel_peaks.get(name, 0), st.current_buffer_used),
                 "capacity": st.max_buffer_size,
                 "tasks_waiting_send": st.tasks_waiting_send,
                 "tasks_waiting_receive": st.tasks_waiting_receive,
@@ -236,6 +247,8 @@ class Engine:
                     await inner.start(manager.run)
                     retention_scope = trio.CancelScope()
                     inner.start_soon(_in_scope, retention_scope, self.supervisors[4].run)
+                    sampler_scope = trio.CancelScope()
+                    inner.start_soon(_in_scope, sampler_scope, self._sample_channels)
                     self.accepting = True
                     logger.info("engine ready")
                     task_status.started(self)
@@ -245,6 +258,7 @@ class Engine:
                     deadline = trio.current_time() + s.drain_timeout
                     self._ingest.close()
                     retention_scope.cancel()
+                    sampler_scope.cancel()
                     manager.shutdown()
                     inner.cancel_scope.deadline = deadline
                 journal.close()

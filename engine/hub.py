@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -28,6 +29,7 @@ import orjson
 import trio
 
 from .errors import Unavailable
+from .metrics import Histogram
 from .models import StoredRecord
 
 logger = logging.getLogger(__name__)
@@ -164,6 +166,9 @@ class BroadcastHub:
     frames_encoded: int = 0
     notices: int = 0
     lagged_disconnects: int = 0
+    fanout_seconds: Histogram = attrs.field(
+        factory=lambda: Histogram((0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5))
+    )
     _subscribers: set[Subscription] = attrs.field(factory=set)
 
     @property
@@ -200,6 +205,7 @@ class BroadcastHub:
         self.records_in += len(batch)
         if not self._subscribers:
             return
+        started = time.perf_counter()
         frames = [encode_event(item) for item in batch]
         self.frames_encoded += len(frames)
         for sub in list(self._subscribers):
@@ -212,6 +218,7 @@ class BroadcastHub:
                 ]
                 if chosen:
                     self._offer(sub, chosen)
+        self.fanout_seconds.observe(time.perf_counter() - started)
 
     def publish_notice(self, notice: Notice) -> int:
         """Send a notice to every subscriber that wants it; return how many got it."""

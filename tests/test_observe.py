@@ -46,6 +46,7 @@ async def test_health_metrics_and_debug_views(service: Service, exchange: FakeEx
         assert families["sluice_writer_rows"].samples[0].value >= 50
         assert families["sluice_writer_flush_seconds"].type == "histogram"
         assert families["sluice_loop_lag_seconds"].type == "histogram"
+        assert families["sluice_hub_fanout_seconds"].type == "histogram"
         assert families["process_resident_memory_bytes"].samples[0].value > 0
         assert families["process_open_fds"].samples[0].value > 0
 
@@ -61,9 +62,13 @@ async def test_health_metrics_and_debug_views(service: Service, exchange: FakeEx
         assert tree["loop"]["busy_seconds"] > 0
         actors = (await client.get("/api/debug/actors")).json()
         assert set(actors["channels"]) == {"raw", "records", "committed"}
-        assert {"capacity", "buffer_used", "tasks_waiting_send", "tasks_waiting_receive"} <= set(
-            actors["channels"]["raw"]
-        )
+        assert {
+            "capacity",
+            "buffer_used",
+            "peak",
+            "tasks_waiting_send",
+            "tasks_waiting_receive",
+        } <= set(actors["channels"]["raw"])
         assert actors["writer"]["rows_committed"] >= 50
         assert {s["name"] for s in actors["supervisors"]} >= {"writer", "hub", "processor"}
         detail = (await client.get(f"/api/connectors/{cid}/status")).json()

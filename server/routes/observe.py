@@ -191,6 +191,11 @@ async def metrics() -> Response:
         "Committed records seen by the hub.",
         [(None, hs.records_in)],
     )
+    out.histogram(
+        "sluice_hub_fanout_seconds",
+        "Time to serialize a committed batch once and queue it for every subscriber.",
+        eng.hub.fanout_seconds,
+    )
     js = eng.journal.statistics()
     out.family(
         "sluice_journal_dropped_total",
