@@ -12,7 +12,8 @@ import attrs
 import orjson
 
 from engine.auth import SECRET_FIELDS
-from engine.models import ConnectorSpec, ConnectorStatus, Record
+from engine.hub import record_event
+from engine.models import ConnectorSpec, ConnectorStatus, Record, StoredRecord
 from engine.normalize import FieldMapping
 from engine.sources import protocol_for
 
@@ -167,24 +168,10 @@ class Preview:
 
 
 def preview_json(r: Record) -> dict[str, Any]:
-    """A record as a preview shows it: every column, no database id yet."""
-    return {
-        "connector_id": r.connector_id,
-        "exchange": r.exchange,
-        "instrument": r.instrument,
-        "price": r.price,
-        "size": r.size,
-        "side": r.side,
-        "message_type": r.message_type,
-        "timestamp": r.timestamp,
-        "received_at": r.received_at,
-        "bid_price": r.bid_price,
-        "bid_size": r.bid_size,
-        "ask_price": r.ask_price,
-        "ask_size": r.ask_size,
-        "dedup_key": r.dedup_key,
-        "data": orjson.Fragment(r.data),
-    }
+    """A record as a preview shows it: the realtime columns, its idempotency key, no id."""
+    event = record_event(StoredRecord(id=0, record=r))
+    del event["type"], event["id"]
+    return {**event, "dedup_key": r.dedup_key}
 
 
 MAX_BATCH_MESSAGES = 10_000

@@ -29,37 +29,50 @@ def _spec(row: dict[str, Any]) -> ConnectorSpec:
     return ConnectorSpec(**row)
 
 
+# The columns a client defines, in this order, for INSERT and UPDATE alike.
+_DEFINITION = (
+    "name, api_url, protocol, exchange, http_method, headers, query_params, auth_type,"
+    " polling_interval, subscribe_messages, ping_interval, pong_timeout, stale_timeout,"
+    " app_ping, app_ping_interval, field_mapping, retention_days, credentials, auth_options,"
+    " request_body"
+)
+
+
+def _definition(spec: ConnectorSpec) -> tuple[Any, ...]:
+    def optional_json(value: Any) -> Jsonb | None:
+        return None if value is None else Jsonb(value)
+
+    return (
+        spec.name,
+        spec.api_url,
+        spec.protocol,
+        spec.exchange,
+        spec.http_method,
+        Jsonb(spec.headers),
+        Jsonb(spec.query_params),
+        spec.auth_type,
+        spec.polling_interval,
+        Jsonb(spec.subscribe_messages),
+        spec.ping_interval,
+        spec.pong_timeout,
+        spec.stale_timeout,
+        spec.app_ping,
+        spec.app_ping_interval,
+        optional_json(spec.field_mapping),
+        spec.retention_days,
+        Jsonb(spec.credentials),
+        Jsonb(spec.auth_options),
+        optional_json(spec.request_body),
+    )
+
+
 def insert_connector(conn: Conn, spec: ConnectorSpec) -> ConnectorSpec:
     cur = conn.cursor(row_factory=dict_row)
+    values = _definition(spec)
     cur.execute(
-        f"INSERT INTO api_connectors ({_COLUMNS})"
-        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, now(), now(),"
-        " %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
-        f" RETURNING {_COLUMNS}",
-        (
-            spec.connector_id,
-            spec.name,
-            spec.api_url,
-            spec.protocol,
-            spec.exchange,
-            spec.http_method,
-            Jsonb(spec.headers),
-            Jsonb(spec.query_params),
-            spec.auth_type,
-            spec.polling_interval,
-            Jsonb(spec.subscribe_messages),
-            spec.desired_state,
-            spec.ping_interval,
-            spec.pong_timeout,
-            spec.stale_timeout,
-            spec.app_ping,
-            spec.app_ping_interval,
-            None if spec.field_mapping is None else Jsonb(spec.field_mapping),
-            spec.retention_days,
-            Jsonb(spec.credentials),
-            Jsonb(spec.auth_options),
-            None if spec.request_body is None else Jsonb(spec.request_body),
-        ),
+        f"INSERT INTO api_connectors (connector_id, desired_state, {_DEFINITION})"
+        f" VALUES (%s, %s, {', '.join(['%s'] * len(values))}) RETURNING {_COLUMNS}",
+        (spec.connector_id, spec.desired_state, *values),
     )
     row = cur.fetchone()
     assert row is not None
@@ -192,70 +205,42 @@ def insert_events(
             )
 
 
-def list_gaps(conn: Conn, connector_id: str, limit: int) -> list[dict[str, Any]]:
+def _newest(
+    conn: Conn, table: str, columns: tuple[str, ...], connector_id: str, limit: int
+) -> list[dict[str, Any]]:
     cur = conn.cursor(row_factory=dict_row)
     cur.execute(
-        "SELECT id, connector_id, gap_from, gap_to, cause, messages_lost, created_at"
-        " FROM connector_gaps WHERE connector_id = %s ORDER BY id DESC LIMIT %s",
+        sql.SQL("SELECT {} FROM {} WHERE connector_id = %s ORDER BY id DESC LIMIT %s").format(
+            sql.SQL(", ").join(map(sql.Identifier, columns)), sql.Identifier(table)
+        ),
         (connector_id, limit),
     )
     return cur.fetchall()
+
+
+def list_gaps(conn: Conn, connector_id: str, limit: int) -> list[dict[str, Any]]:
+    columns = ("id", "connector_id", "gap_from", "gap_to", "cause", "messages_lost", "created_at")
+    return _newest(conn, "connector_gaps", columns, connector_id, limit)
 
 
 def list_errors(conn: Conn, connector_id: str, limit: int) -> list[dict[str, Any]]:
-    cur = conn.cursor(row_factory=dict_row)
-    cur.execute(
-        "SELECT id, connector_id, occurred_at, kind, message"
-        " FROM connector_errors WHERE connector_id = %s ORDER BY id DESC LIMIT %s",
-        (connector_id, limit),
-    )
-    return cur.fetchall()
+    columns = ("id", "connector_id", "occurred_at", "kind", "message")
+    return _newest(conn, "connector_errors", columns, connector_id, limit)
 
 
 def list_rejected(conn: Conn, connector_id: str, limit: int) -> list[dict[str, Any]]:
-    cur = conn.cursor(row_factory=dict_row)
-    cur.execute(
-        "SELECT id, connector_id, received_at, category, reason, raw"
-        " FROM rejected_messages WHERE connector_id = %s ORDER BY id DESC LIMIT %s",
-        (connector_id, limit),
-    )
-    return cur.fetchall()
+    columns = ("id", "connector_id", "received_at", "category", "reason", "raw")
+    return _newest(conn, "rejected_messages", columns, connector_id, limit)
 
 
 def update_connector(conn: Conn, spec: ConnectorSpec) -> ConnectorSpec:
     """Replace a connector's definition (every column but id, desired state and created_at)."""
     cur = conn.cursor(row_factory=dict_row)
+    assignments = ", ".join(f"{column.strip()} = %s" for column in _DEFINITION.split(","))
     cur.execute(
-        "UPDATE api_connectors SET name = %s, api_url = %s, protocol = %s, exchange = %s,"
-        " http_method = %s, headers = %s, query_params = %s, auth_type = %s,"
-        " polling_interval = %s, subscribe_messages = %s, ping_interval = %s,"
-        " pong_timeout = %s, stale_timeout = %s, app_ping = %s, app_ping_interval = %s,"
-        " field_mapping = %s, retention_days = %s, credentials = %s, auth_options = %s,"
-        " request_body = %s,"
-        f" updated_at = now() WHERE connector_id = %s RETURNING {_COLUMNS}",
-        (
-            spec.name,
-            spec.api_url,
-            spec.protocol,
-            spec.exchange,
-            spec.http_method,
-            Jsonb(spec.headers),
-            Jsonb(spec.query_params),
-            spec.auth_type,
-            spec.polling_interval,
-            Jsonb(spec.subscribe_messages),
-            spec.ping_interval,
-            spec.pong_timeout,
-            spec.stale_timeout,
-            spec.app_ping,
-            spec.app_ping_interval,
-            None if spec.field_mapping is None else Jsonb(spec.field_mapping),
-            spec.retention_days,
-            Jsonb(spec.credentials),
-            Jsonb(spec.auth_options),
-            None if spec.request_body is None else Jsonb(spec.request_body),
-            spec.connector_id,
-        ),
+        f"UPDATE api_connectors SET {assignments}, updated_at = now()"
+        f" WHERE connector_id = %s RETURNING {_COLUMNS}",
+        (*_definition(spec), spec.connector_id),
     )
     row = cur.fetchone()
     assert row is not None
