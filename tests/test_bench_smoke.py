@@ -1,0 +1,26 @@
+"""The benchmark runner at tiny sizes, so it cannot rot (the real runs are `just bench`)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+
+def test_bench_runner_smoke(admin_dsn: str) -> None:
+    env = {**os.environ, "POSTGRES_DSN": admin_dsn}
+    result = subprocess.run(
+        [sys.executable, "-m", "bench", "--smoke"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "naive design" in result.stdout
+    assert "| smoke |" in result.stdout
