@@ -39,6 +39,7 @@ from .errors import SourceUnavailable
 from .models import ConnectorSpec, ErrorEvent, GapEvent, SourceBatch
 from .normalize import Normalizer, normalizer_for
 from .redact import describe_http_error
+from .stopping import StopSwitch
 
 logger = logging.getLogger(__name__)
 
@@ -111,8 +112,7 @@ class RestPoller:
     last_error: str | None = None
     started_at: datetime | None = None
     _not_before: float = 0.0
-    _stop_scope: trio.CancelScope | None = None
-    _stop_requested: bool = False
+    _stop: StopSwitch = attrs.field(factory=StopSwitch)
     _normalizer: Normalizer | None = None
 
     def __attrs_post_init__(self) -> None:
@@ -124,21 +124,17 @@ class RestPoller:
         return self.spec.connector_id
 
     def request_stop(self) -> None:
-        self._stop_requested = True
-        if self._stop_scope is not None:
-            self._stop_scope.cancel()
+        self._stop.request()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         if self.started_at is None:
             self.started_at = datetime.now(UTC)
-        self._stop_scope = trio.CancelScope()
-        if self._stop_requested:
-            self._stop_scope.cancel()
+        stop_scope = self._stop.new_scope()
         self.status = "running"
         task_status.started()
         interval = self.spec.polling_interval / 1000
         try:
-            with self._stop_scope:
+            with stop_scope:
                 next_tick = trio.current_time()
                 while True:
                     await trio.sleep_until(max(next_tick, self._not_before))

@@ -43,6 +43,7 @@ from .backoff import Backoff
 from .errors import SourceUnavailable
 from .models import ConnectorSpec, ErrorEvent, GapEvent, SourceBatch
 from .normalize import Normalizer, normalizer_for
+from .stopping import StopSwitch
 from .transport import Connection, Transport
 
 logger = logging.getLogger(__name__)
@@ -120,8 +121,7 @@ class WebSocketConnector:
     _overflow_count: int = 0
     _overflow_first: float = 0.0
     _wakeup: trio.Event = attrs.field(factory=trio.Event)
-    _read_scope: trio.CancelScope | None = None
-    _stop_requested: bool = False
+    _stop: StopSwitch = attrs.field(factory=StopSwitch)
     _reading_done: bool = False
     _normalizer: Normalizer | None = None
 
@@ -135,23 +135,19 @@ class WebSocketConnector:
 
     def request_stop(self) -> None:
         """Stop reading from the source; buffered messages are still forwarded."""
-        self._stop_requested = True
-        if self._read_scope is not None:
-            self._read_scope.cancel()
+        self._stop.request()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         if self.started_at is None:
             self.started_at = datetime.now(UTC)
-        self._read_scope = trio.CancelScope()
-        if self._stop_requested:
-            self._read_scope.cancel()
+        stop_scope = self._stop.new_scope()
         self._reading_done = False
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._forward)
             self.status = "connecting"
             task_status.started()
             try:
-                with self._read_scope:
+                with stop_scope:
                     await self._connect_loop()
             finally:
                 self._end_overflow()
