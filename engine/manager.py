@@ -207,6 +207,8 @@ class ConnectorManager:
             max_message_bytes=self.max_message_bytes,
             buffer_limit_bytes=self.buffer_limit_bytes,
             journal=self.journal,
+            headers=headers,
+            query_params=params,
         )
 
     def _reveal(self, spec: ConnectorSpec, field: str, value: str) -> str:

@@ -68,7 +68,12 @@ class Transport(Protocol):
     name: str
 
     def connect(
-        self, url: str, *, max_message_bytes: int, open_timeout: float
+        self,
+        url: str,
+        *,
+        max_message_bytes: int,
+        open_timeout: float,
+        headers: dict[str, str] | None = None,
     ) -> contextlib.AbstractAsyncContextManager[Connection]: ...
 
 
@@ -102,19 +107,25 @@ class SansIOTransport:
 
     @contextlib.asynccontextmanager
     async def connect(
-        self, url: str, *, max_message_bytes: int, open_timeout: float
+        self,
+        url: str,
+        *,
+        max_message_bytes: int,
+        open_timeout: float,
+        headers: dict[str, str] | None = None,
     ) -> AsyncIterator[Connection]:
         try:
             uri = parse_uri(url)
         except InvalidURI as exc:
-            raise SourceUnavailable(f"invalid WebSocket URL: {exc}", "connect_failed") from exc
+            # The exception text holds the whole URL, query (secrets) included: leave it out.
+            raise SourceUnavailable("invalid WebSocket URL", "connect_failed") from exc
         stream: trio.abc.Stream
         try:
             with trio.fail_after(open_timeout):
                 stream = await self.opener(uri.host, uri.port, uri.secure)
                 conn = _SansIOConnection(stream, uri, max_message_bytes)
                 try:
-                    await conn.handshake()
+                    await conn.handshake(headers or {})
                 except BaseException:
                     await trio.aclose_forcefully(stream)
                     raise
@@ -148,8 +159,11 @@ class _SansIOConnection:
         self.oversized_messages = 0
         self.pongs = 0
 
-    async def handshake(self) -> None:
-        self._protocol.send_request(self._protocol.connect())
+    async def handshake(self, headers: dict[str, str]) -> None:
+        request = self._protocol.connect()
+        for name, value in headers.items():
+            request.headers[name] = value
+        self._protocol.send_request(request)
         await self._flush()
         while True:
             await self._read()
@@ -266,11 +280,17 @@ class TrioWebsocketTransport:
 
     @contextlib.asynccontextmanager
     async def connect(
-        self, url: str, *, max_message_bytes: int, open_timeout: float
+        self,
+        url: str,
+        *,
+        max_message_bytes: int,
+        open_timeout: float,
+        headers: dict[str, str] | None = None,
     ) -> AsyncIterator[Connection]:
         try:
             async with trio_websocket.open_websocket_url(
                 url,
+                extra_headers=[(k.encode(), v.encode()) for k, v in (headers or {}).items()],
                 max_message_size=max_message_bytes,
                 connect_timeout=open_timeout,
                 disconnect_timeout=CLOSE_TIMEOUT,

@@ -34,6 +34,7 @@ import math
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from urllib.parse import urlencode
 
 import attrs
 import orjson
@@ -100,6 +101,9 @@ class WebSocketConnector:
     open_timeout: float = 10.0
     backoff: Backoff = attrs.field(factory=lambda: Backoff(base=0.5, cap=30.0, reset_after=30.0))
     journal: Journal = _discard
+    #: Decrypted handshake headers and query parameters (never logged).
+    headers: dict[str, str] = attrs.field(factory=dict, repr=False)
+    query_params: dict[str, str] = attrs.field(factory=dict, repr=False)
 
     status: str = "inactive"
     messages_received: int = 0
@@ -167,9 +171,10 @@ class WebSocketConnector:
             first = False
             try:
                 async with self.transport.connect(
-                    self.spec.api_url,
+                    self._url(),
                     max_message_bytes=self.max_message_bytes,
                     open_timeout=self.open_timeout,
+                    headers=self.headers,
                 ) as conn:
                     self._connection = conn
                     try:
@@ -195,6 +200,12 @@ class WebSocketConnector:
                 if lost_at is None and self.status == "running":
                     lost_at = self.last_message_at or time.time()
                     lost_cause = exc.kind
+
+    def _url(self) -> str:
+        if not self.query_params:
+            return self.spec.api_url
+        separator = "&" if "?" in self.spec.api_url else "?"
+        return self.spec.api_url + separator + urlencode(self.query_params)
 
     async def _subscribe(self, conn: Connection) -> None:
         for message in self.spec.subscribe_messages:

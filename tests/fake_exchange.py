@@ -58,6 +58,8 @@ class FakeExchange:
     next_id: int = 1
     missed: list[int] = attrs.field(factory=list)
     sent: list[int] = attrs.field(factory=list)
+    #: Each connection's request path (with query) and headers, as received.
+    requests: list[tuple[str, dict[str, str]]] = attrs.field(factory=list)
 
     def url(self, path: str) -> str:
         return f"ws://127.0.0.1:{self.port}{path}"
@@ -73,6 +75,8 @@ class FakeExchange:
             task_status.started(self)
 
     async def _handle(self, request: trio_websocket.WebSocketRequest) -> None:
+        headers = {k.decode().lower(): v.decode() for k, v in request.headers}
+        self.requests.append((request.path, headers))
         ws = await request.accept()
         self.connections += 1
         parts = urlsplit(request.path)

@@ -20,6 +20,7 @@ from server.rotate import rotate_keys
 from server.serve import Service, serve
 
 from .conftest import TEST_KEY, evolve
+from .fake_exchange import FakeExchange
 from .fake_rest import FakeRest
 
 pytestmark = pytest.mark.e2e
@@ -243,3 +244,28 @@ async def test_websocket_sources_go_through_the_egress_guard(
     assert errors[0]["message"] == "destination not allowed by the egress policy"
     service.stop()
     await service.engine.stopped.wait()
+
+
+async def test_websocket_connectors_send_their_headers_and_query_params(
+    service: Service, exchange: FakeExchange
+) -> None:
+    """Secrets for WebSocket feeds (an API key header, a token parameter) reach the source
+    in the handshake, and nowhere else."""
+    body = {
+        "name": "ws-auth",
+        "api_url": exchange.url("/binance?count=3"),
+        "exchange": "binance",
+        "headers": {"X-Api-Key": CANARIES["header"]},
+        "query_params": {"token": CANARIES["query"]},
+    }
+    with trio.fail_after(20):
+        async with httpx.AsyncClient(base_url=service.url) as client:
+            created = (await client.post("/api/connectors", json=body)).json()
+            assert created["headers"] == {"X-Api-Key": "****"}
+            cid = created["connector_id"]
+            await client.post(f"/api/connectors/{cid}/start")
+            while (await client.get(f"/api/connectors/{cid}/status")).json()["records_stored"] < 3:
+                await trio.sleep(0.05)
+    path, headers = exchange.requests[-1]
+    assert path == f"/binance?count=3&token={CANARIES['query']}"
+    assert headers["x-api-key"] == CANARIES["header"]

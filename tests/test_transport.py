@@ -127,3 +127,25 @@ async def test_oversized_message_closes_the_connection(nursery: trio.Nursery) ->
         async with SansIOTransport().connect(url, max_message_bytes=1000, open_timeout=5) as conn:
             with pytest.raises(SourceUnavailable):
                 await conn.receive_messages()
+
+
+async def test_handshake_carries_the_connectors_headers(
+    nursery: trio.Nursery, transport: Transport
+) -> None:
+    seen: list[dict[str, str]] = []
+
+    async def handle(request: trio_websocket.WebSocketRequest) -> None:
+        seen.append({k.decode().lower(): v.decode() for k, v in request.headers})
+        ws = await request.accept()
+        await ws.send_message("ok")
+        with contextlib.suppress(trio_websocket.ConnectionClosed):
+            await trio.sleep_forever()
+
+    server = await nursery.start(trio_websocket.serve_websocket, handle, "127.0.0.1", 0, None)
+    url = f"ws://127.0.0.1:{server.port}/feed"
+    with trio.fail_after(10):
+        async with transport.connect(
+            url, max_message_bytes=1 << 20, open_timeout=5, headers={"X-Api-Key": "k-1"}
+        ) as conn:
+            assert await conn.receive_messages() == [b"ok"]
+    assert seen[0]["x-api-key"] == "k-1"
