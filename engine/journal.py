@@ -22,13 +22,12 @@ import trio
 from .backoff import Backoff
 from .errors import BadMessage, SinkUnavailable
 from .hub import HubItem, Notice
-from .models import ErrorEvent, GapEvent, Rejected
+from .models import ErrorEvent, GapEvent, JournalEntry, Rejected
 from .storage import Database
 from .storage import connectors as sql
 
 logger = logging.getLogger(__name__)
 
-Entry = GapEvent | ErrorEvent | Rejected
 QUEUE_SIZE = 10_000
 BATCH = 500
 
@@ -43,18 +42,18 @@ class JournalStatistics:
 @attrs.define(eq=False)
 class Journal:
     db: Database
-    send_channel: trio.MemorySendChannel[Entry]
-    receive_channel: trio.MemoryReceiveChannel[Entry]
+    send_channel: trio.MemorySendChannel[JournalEntry]
+    receive_channel: trio.MemoryReceiveChannel[JournalEntry]
     hub_channel: trio.MemorySendChannel[HubItem]
     written: int = 0
     dropped: int = 0
 
     @classmethod
     def create(cls, db: Database, hub_channel: trio.MemorySendChannel[HubItem]) -> Journal:
-        send, receive = trio.open_memory_channel[Entry](QUEUE_SIZE)
+        send, receive = trio.open_memory_channel[JournalEntry](QUEUE_SIZE)
         return cls(db, send, receive, hub_channel)
 
-    def record(self, entry: Entry) -> None:
+    def record(self, entry: JournalEntry) -> None:
         """Queue an entry without waiting; count it as dropped if the queue is full."""
         try:
             self.send_channel.send_nowait(entry)
@@ -87,7 +86,7 @@ class Journal:
                     await self.hub_channel.send(Notice(entry.connector_id, gap_event(entry)))
         self.hub_channel.close()
 
-    async def _write(self, entries: list[Entry]) -> None:
+    async def _write(self, entries: list[JournalEntry]) -> None:
         gaps = [e for e in entries if isinstance(e, GapEvent)]
         errors = [e for e in entries if isinstance(e, ErrorEvent)]
         rejects = [e for e in entries if isinstance(e, Rejected)]

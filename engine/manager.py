@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -31,7 +30,14 @@ from .auth import Credentials
 from .crypto import Keyring, SecretError, is_encrypted
 from .egress import EgressPolicy
 from .errors import NotFound, SinkUnavailable
-from .models import ConnectorSpec, ConnectorStatus, ErrorEvent, GapEvent, SourceBatch
+from .models import (
+    ConnectorSpec,
+    ConnectorStatus,
+    ErrorEvent,
+    Journal,
+    SourceBatch,
+    no_journal,
+)
 from .processor import Processor
 from .rest_poller import RestPoller
 from .storage import Database
@@ -44,12 +50,6 @@ from .ws_connector import WebSocketConnector
 logger = logging.getLogger(__name__)
 
 STOP_TIMEOUT = 10.0
-
-Journal = Callable[[GapEvent | ErrorEvent], None]
-
-
-def _discard(_: GapEvent | ErrorEvent) -> None:
-    pass
 
 
 class Actor(Protocol):
@@ -87,7 +87,7 @@ class ConnectorManager:
     transport: Transport
     max_message_bytes: int = 4 * 1024 * 1024
     buffer_limit_bytes: int = 64 * 1024 * 1024
-    journal: Journal = _discard
+    journal: Journal = no_journal
     keyring: Keyring | None = None
     http: httpx.AsyncClient | None = None
     egress: EgressPolicy | None = None

@@ -166,3 +166,12 @@ class Rejected:
     category: str
     reason: str
     raw: bytes
+
+
+JournalEntry = GapEvent | ErrorEvent | Rejected
+#: Where actors report gaps, errors and dead letters; it must never block.
+Journal = Callable[[JournalEntry], None]
+
+
+def no_journal(_: JournalEntry) -> None:
+    """The default journal of an actor used on its own (tests, tools): drops entries."""

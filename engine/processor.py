@@ -17,22 +17,14 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Callable
 from datetime import UTC, datetime
 
 import attrs
 import trio
 
 from .errors import BadMessage
-from .models import ErrorEvent, Record, Rejected, SourceBatch
+from .models import ErrorEvent, Journal, Record, Rejected, SourceBatch, no_journal
 from .normalize import Context, Control, decode, normalizer_for
-
-Journal = Callable[[ErrorEvent | Rejected], None]
-
-
-def _discard(_: ErrorEvent | Rejected) -> None:
-    pass
-
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +59,7 @@ class ProcessorStatistics:
 class Processor:
     receive_channel: trio.MemoryReceiveChannel[SourceBatch]
     send_channel: trio.MemorySendChannel[list[Record]]
-    journal: Journal = _discard
+    journal: Journal = no_journal
     batches_in: int = 0
     frames_in: int = 0
     records_out: int = 0

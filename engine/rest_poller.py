@@ -24,7 +24,6 @@ import email.utils
 import logging
 import math
 import time
-from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -36,19 +35,14 @@ import trio
 from .auth import Credentials, sign
 from .backoff import Backoff
 from .errors import SourceUnavailable
-from .models import ConnectorSpec, ErrorEvent, GapEvent, SourceBatch
+from .models import ConnectorSpec, ErrorEvent, Journal, SourceBatch, no_journal
 from .normalize import Normalizer, normalizer_for
 from .redact import describe_http_error
 from .stopping import StopSwitch
 
 logger = logging.getLogger(__name__)
 
-Journal = Callable[[GapEvent | ErrorEvent], None]
 MAX_RETRY_AFTER = 3600.0
-
-
-def _discard(_: GapEvent | ErrorEvent) -> None:
-    pass
 
 
 def retry_after_seconds(value: str | None, now: float) -> float | None:
@@ -97,7 +91,7 @@ class RestPoller:
     credentials: Credentials = attrs.field(factory=Credentials, repr=False)
     headers: dict[str, str] = attrs.field(factory=dict, repr=False)
     query_params: dict[str, str] = attrs.field(factory=dict, repr=False)
-    journal: Journal = _discard
+    journal: Journal = no_journal
     max_response_bytes: int = 16 * 1024 * 1024
     retries: int = 3
     backoff_base: float = 0.5

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import attrs
 import trio
@@ -30,15 +30,11 @@ from .backoff import Backoff
 from .errors import BadMessage, SinkUnavailable
 from .hub import HubItem
 from .metrics import Histogram
-from .models import Record, Rejected, StoredRecord
+from .models import Journal, Record, Rejected, StoredRecord, no_journal
 from .storage import Database
 from .storage.records import insert_records
 
 logger = logging.getLogger(__name__)
-
-
-def _discard(_: Rejected) -> None:
-    pass
 
 
 @attrs.define(eq=False)
@@ -83,7 +79,7 @@ class BatchWriter:
     receive_channel: trio.MemoryReceiveChannel[WriterInput]
     send_channel: trio.MemorySendChannel[HubItem]
     batch_size: int = 2000
-    journal: Callable[[Rejected], None] = _discard
+    journal: Journal = no_journal
     max_age: float = 0.05
     batches: int = 0
     rows_committed: int = 0

@@ -32,7 +32,6 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable
 from datetime import UTC, datetime
 from urllib.parse import urlencode
 
@@ -42,7 +41,7 @@ import trio
 
 from .backoff import Backoff
 from .errors import SourceUnavailable
-from .models import ConnectorSpec, ErrorEvent, GapEvent, SourceBatch
+from .models import ConnectorSpec, ErrorEvent, GapEvent, Journal, SourceBatch, no_journal
 from .normalize import Normalizer, normalizer_for
 from .stopping import StopSwitch
 from .transport import Connection, Transport
@@ -50,12 +49,6 @@ from .transport import Connection, Transport
 logger = logging.getLogger(__name__)
 
 FLUSH_ON_STOP_SECONDS = 5.0
-
-Journal = Callable[[GapEvent | ErrorEvent], None]
-
-
-def _discard(_: GapEvent | ErrorEvent) -> None:
-    pass
 
 
 def _wall(ts: float) -> datetime:
@@ -100,7 +93,7 @@ class WebSocketConnector:
     buffer_limit_bytes: int = 64 * 1024 * 1024
     open_timeout: float = 10.0
     backoff: Backoff = attrs.field(factory=lambda: Backoff(base=0.5, cap=30.0, reset_after=30.0))
-    journal: Journal = _discard
+    journal: Journal = no_journal
     #: Decrypted handshake headers and query parameters (never logged).
     headers: dict[str, str] = attrs.field(factory=dict, repr=False)
     query_params: dict[str, str] = attrs.field(factory=dict, repr=False)

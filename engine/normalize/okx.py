@@ -17,9 +17,6 @@ from .common import (
     ACK,
     Context,
     Control,
-    content_key,
-    decimal_text,
-    epoch_to_datetime,
     make_record,
     text_field,
 )
@@ -57,25 +54,21 @@ def normalize_okx(
 def _record(
     item: dict[str, Any], channel: str, arg_inst: Any, ctx: Context, received_at: datetime
 ) -> Record:
-    instrument = text_field(item.get("instId", arg_inst), "instId")
+    instrument = item.get("instId", arg_inst)
     payload = orjson.dumps(item)
-    ts = epoch_to_datetime(item.get("ts"), "ts") or received_at
     if channel.startswith("trades"):
         trade_id = text_field(item.get("tradeId"), "tradeId")
-        return Record(
-            connector_id=ctx.connector_id,
-            exchange=ctx.exchange,
-            instrument=instrument,
-            price=decimal_text(item.get("px"), "px"),
-            size=decimal_text(item.get("sz"), "sz"),
-            side=text_field(item.get("side"), "side"),
+        return make_record(
+            ctx,
+            received_at,
+            payload,
             message_type="trade",
-            timestamp=ts,
-            received_at=received_at,
-            data=payload,
-            dedup_key=f"t:{instrument}:{trade_id}"
-            if trade_id
-            else content_key(payload, received_at),
+            instrument=instrument,
+            price=item.get("px"),
+            size=item.get("sz"),
+            side=item.get("side"),
+            timestamp=item.get("ts"),
+            key=trade_id or None,
         )
     if channel.startswith("tickers"):
         return make_record(
