@@ -34,6 +34,7 @@ class Settings:
     pool_max: int = 20
     pool_timeout: float = 10.0
     batch_size: int = 2000
+    write_concurrency: int = 2
     batch_max_age: float = 0.05
     drain_timeout: float = 10.0
     max_frame_bytes: int = 4 * 1024 * 1024
@@ -75,6 +76,7 @@ class Settings:
             pool_max=_int(env, "SLUICE_POOL_MAX", 20, 1, 1000),
             pool_timeout=_float(env, "SLUICE_POOL_TIMEOUT", 10.0, 0.1, 3600),
             batch_size=_int(env, "SLUICE_BATCH_SIZE", 2000, 1, 100_000),
+            write_concurrency=_int(env, "SLUICE_WRITE_CONCURRENCY", 2, 1, 8),
             batch_max_age=_int(env, "SLUICE_BATCH_MAX_AGE_MS", 50, 1, 60_000) / 1000,
             drain_timeout=_float(env, "SLUICE_DRAIN_TIMEOUT", 10.0, 0.0, 3600),
             max_frame_bytes=_int(env, "SLUICE_MAX_FRAME_BYTES", 4 * 1024 * 1024, 1024, 2**30),

@@ -206,6 +206,7 @@ class Engine:
             rec_recv,
             out_send,
             batch_size=s.batch_size,
+            concurrency=s.write_concurrency,
             max_age=s.batch_max_age,
             journal=journal.record,
         )

@@ -37,8 +37,9 @@ class EngineInstrument(trio.abc.Instrument):
         self.tasks_spawned = 0
         self.tasks_exited = 0
         self._scheduled: dict[trio.lowlevel.Task, float] = {}
-        self._step_started = 0.0
-        self._idle_started = 0.0
+        # Set now, not 0: the instrument may be added while a task step is running.
+        self._step_started = time.perf_counter()
+        self._idle_started = self._step_started
 
     def task_spawned(self, task: trio.lowlevel.Task) -> None:
         self.tasks_spawned += 1

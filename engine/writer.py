@@ -3,6 +3,9 @@
 It collects records until ``batch_size`` are waiting or the oldest has waited
 ``max_age`` seconds, writes them with binary COPY in one transaction, and only after the
 commit hands them to the broadcast hub, so a realtime ``id`` is always a database id.
+Up to ``concurrency`` batches are written at once (each on its own connection), so Python
+formats one batch while PostgreSQL works on the previous; batches are still handed on in
+the order they were formed.
 
 Error handling:
 
@@ -81,6 +84,7 @@ class BatchWriter:
     batch_size: int = 2000
     journal: Journal = no_journal
     max_age: float = 0.05
+    concurrency: int = 2
     batches: int = 0
     rows_committed: int = 0
     duplicates_skipped: int = 0
@@ -96,6 +100,7 @@ class BatchWriter:
     _tickets: list[WriteTicket] = attrs.field(factory=list)
     _taken: int = 0  # records ever taken in; with _flushed, says which tickets are done
     _flushed: int = 0
+    _in_flight: int = 0  # records at the front of _pending handed to a running flush
     flush_seconds: Histogram = attrs.field(
         factory=lambda: Histogram((0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0))
     )
@@ -105,30 +110,49 @@ class BatchWriter:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
-        # After a crash and restart, flush what the previous attempt still held.
-        if self._pending:
-            await self._flush()
-        open_ = True
-        while open_:
-            if not self._pending:
-                try:
-                    self._take(await self.receive_channel.receive())
-                except trio.EndOfChannel:
-                    break
-            deadline = trio.current_time() + self.max_age
-            while len(self._pending) < self.batch_size:
-                with trio.move_on_at(deadline):
-                    try:
-                        self._take(await self.receive_channel.receive())
-                    except trio.EndOfChannel:
-                        open_ = False
-                        break
+        # Records taken but not yet published stay in _pending; after a crash and restart
+        # they are all written again (deduplication makes that safe).
+        self._in_flight = 0
+        slots = trio.Semaphore(self.concurrency)
+        previous: trio.Event | None = None
+        async with trio.open_nursery() as nursery:
+            open_ = True
+            while open_ or self._in_flight < len(self._pending):
+                await slots.acquire()
+                if open_:
+                    open_ = await self._collect()
+                chunk = self._pending[self._in_flight : self._in_flight + self.batch_size]
+                if not chunk:
+                    slots.release()
                     continue
-                break
-            await self._flush()
+                self._in_flight += len(chunk)
+                done = trio.Event()
+                nursery.start_soon(self._flush, chunk, previous, done, slots)
+                previous = done
         self.send_channel.close()
         for ticket in self._tickets:  # only reachable if the input ended mid-batch
             ticket.done.set()
+
+    async def _collect(self) -> bool:
+        """Take records until a batch is waiting or the oldest waited ``max_age``.
+
+        Returns False once the input has ended.
+        """
+        if len(self._pending) == self._in_flight:
+            try:
+                self._take(await self.receive_channel.receive())
+            except trio.EndOfChannel:
+                return False
+        deadline = trio.current_time() + self.max_age
+        while len(self._pending) - self._in_flight < self.batch_size:
+            with trio.move_on_at(deadline):
+                try:
+                    self._take(await self.receive_channel.receive())
+                except trio.EndOfChannel:
+                    return False
+                continue
+            break
+        return True
 
     def _take(self, item: WriterInput) -> None:
         if isinstance(item, WriteTicket):
@@ -140,22 +164,38 @@ class BatchWriter:
             self._pending.extend(item)
             self._taken += len(item)
 
-    async def _flush(self) -> None:
-        while self._pending:
-            chunk = self._pending[: self.batch_size]
+    async def _flush(
+        self,
+        chunk: list[Record],
+        previous: trio.Event | None,
+        done: trio.Event,
+        slots: trio.Semaphore,
+    ) -> None:
+        """Write one batch, then publish it once the batch before it is published.
+
+        Up to ``concurrency`` batches are written at once, each in its own transaction, so
+        formatting one overlaps PostgreSQL's work on another; publishing stays in order.
+        """
+        try:
             by_source: dict[str, list[Record]] = {}
             for record in chunk:
                 by_source.setdefault(record.source, []).append(record)
-            for records in by_source.values():
-                stored = await self._write(records)
+            written = [await self._write(records) for records in by_source.values()]
+            if previous is not None:
+                await previous.wait()
+            for stored in written:
                 if self._tickets:
                     self._note_ids(stored)
                 if stored:
                     await self.send_channel.send(stored)
             del self._pending[: len(chunk)]
+            self._in_flight -= len(chunk)
             self._flushed += len(chunk)
             while self._tickets and self._tickets[0]._end <= self._flushed:
                 self._tickets.pop(0).done.set()
+        finally:
+            done.set()
+            slots.release()
 
     def _note_ids(self, stored: list[StoredRecord]) -> None:
         ids = {id(item.record): item.id for item in stored}

@@ -107,6 +107,42 @@ async def test_writer_flushes_on_age_before_the_batch_is_full(settings: Settings
             rec_send.close()
 
 
+@attrs.define
+class SlowFirstBatchSink:
+    """A stand-in database whose first batch commits long after the second."""
+
+    calls: list[str] = attrs.field(factory=list)
+    concurrent: int = 0
+    most_concurrent: int = 0
+
+    async def sink(self, fn: object, records: list[Record]) -> tuple[list[StoredRecord], int]:
+        self.calls.append(records[0].dedup_key)
+        self.concurrent += 1
+        self.most_concurrent = max(self.most_concurrent, self.concurrent)
+        await trio.sleep(1.0 if len(self.calls) == 1 else 0.01)
+        self.concurrent -= 1
+        first = int(records[0].dedup_key.rsplit(":", 1)[1])
+        return [StoredRecord(id=first + i, record=r) for i, r in enumerate(records)], 0
+
+
+async def test_writer_overlaps_batches_but_publishes_them_in_order() -> None:
+    rec_send, rec_recv = trio.open_memory_channel[list[Record]](10)
+    out_send, out_recv = trio.open_memory_channel[list[StoredRecord]](10)
+    db = SlowFirstBatchSink()
+    writer = BatchWriter(db, rec_recv, out_send, batch_size=3, concurrency=2)  # type: ignore[arg-type]
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(writer.run)
+        await rec_send.send([record(n) for n in range(9)])
+        rec_send.close()
+        published = [[s.id for s in batch] async for batch in out_recv]
+    # The second batch was written while the first (slow) one was still committing ...
+    assert db.most_concurrent == 2
+    # ... yet batches reach the hub in the order they were formed, and every record once.
+    assert published == [[0, 1, 2], [3, 4, 5], [6, 7, 8]]
+    assert writer.rows_committed == 9
+    assert writer.statistics().pending == 0
+
+
 async def test_retention_deletes_old_rows_in_batches_honouring_connector_policy(
     settings: Settings, database_dsn: str
 ) -> None:
