@@ -30,6 +30,7 @@ from .auth import Credentials
 from .crypto import Keyring, SecretError, is_encrypted
 from .egress import EgressPolicy
 from .errors import NotFound, SinkUnavailable
+from .metrics import Histogram
 from .models import (
     ConnectorSpec,
     ConnectorStatus,
@@ -39,7 +40,7 @@ from .models import (
     no_journal,
 )
 from .processor import Processor
-from .rest_poller import RestPoller
+from .rest_poller import TICK_LATENESS_BUCKETS, RestPoller
 from .storage import Database
 from .storage import connectors as sql
 from .supervisor import Supervisor
@@ -92,6 +93,7 @@ class ConnectorManager:
     http: httpx.AsyncClient | None = None
     egress: EgressPolicy | None = None
     persist_interval: float = 2.0
+    tick_lateness: Histogram = attrs.field(factory=lambda: Histogram(TICK_LATENESS_BUCKETS))
     _nursery: trio.Nursery | None = None
     _running: dict[str, _Running] = attrs.field(factory=dict)
     _last: dict[str, _Running] = attrs.field(factory=dict)
@@ -196,6 +198,7 @@ class ConnectorManager:
                 query_params=params,
                 journal=self.journal,
                 max_response_bytes=self.max_message_bytes,
+                tick_lateness=self.tick_lateness,
             )
         transport = self.transport
         if self.egress is not None and isinstance(transport, SansIOTransport):

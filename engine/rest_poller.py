@@ -35,11 +35,13 @@ import trio
 from .auth import Credentials, sign
 from .backoff import Backoff
 from .errors import SourceUnavailable
+from .metrics import Histogram
 from .models import ConnectorSpec, ErrorEvent, Journal, SourceBatch, no_journal
 from .normalize import Normalizer, normalizer_for
 from .redact import describe_http_error
 from .stopping import StopSwitch
 
+TICK_LATENESS_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0)
 logger = logging.getLogger(__name__)
 
 MAX_RETRY_AFTER = 3600.0
@@ -105,6 +107,8 @@ class RestPoller:
     last_message_at: float | None = None
     last_error: str | None = None
     started_at: datetime | None = None
+    # How late each tick started against its grid time; shared by all pollers.
+    tick_lateness: Histogram = attrs.field(factory=lambda: Histogram(TICK_LATENESS_BUCKETS))
     _not_before: float = 0.0
     _stop: StopSwitch = attrs.field(factory=StopSwitch)
     _normalizer: Normalizer | None = None
@@ -131,7 +135,9 @@ class RestPoller:
             with stop_scope:
                 next_tick = trio.current_time()
                 while True:
-                    await trio.sleep_until(max(next_tick, self._not_before))
+                    due = max(next_tick, self._not_before)
+                    await trio.sleep_until(due)
+                    self.tick_lateness.observe(trio.current_time() - due)
                     await self.poll_once()
                     next_tick += interval
                     now = trio.current_time()

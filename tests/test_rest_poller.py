@@ -55,6 +55,9 @@ async def test_drift_free_schedule(
     nursery.start_soon(actor.run)
     await trio.sleep(1.1)
     assert times == [0.0, 0.25, 0.5, 0.75, 1.0]
+    # Virtual time: every tick started on its grid time, within the first bucket.
+    assert actor.tick_lateness.count == 5
+    assert actor.tick_lateness.counts[0] == 5
     batch = receive.receive_nowait()
     assert (batch.source, batch.status_code) == ("rest", 200)
     assert orjson.loads(batch.frames[0]) == [{"price": "1.5"}, {"price": "1.6"}]

@@ -124,6 +124,11 @@ async def metrics() -> Response:
         "REST: time taken by the last response.",
         latency,
     )
+    out.histogram(
+        "sluice_rest_tick_lateness_seconds",
+        "REST pollers: how late each tick started against its schedule.",
+        manager.tick_lateness,
+    )
     writer = eng.writer
     ws = writer.statistics()
     out.family("sluice_writer_batches_total", "counter", "Batches committed.", [(None, ws.batches)])
