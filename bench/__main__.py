@@ -1,100 +1,399 @@
 """``python -m bench`` (``just bench``): measure Sluice against its ceilings and the naive
-design on this machine, print the table and write ``bench/RESULTS.md``.
+design on this machine, check the targets, print the tables and write ``bench/RESULTS.md``.
 
-Short by default (a minute or two); ``--full`` uses larger counts. Only loopback traffic.
+Short by default (a few minutes); ``--full`` runs the full sizes (about half an hour);
+``--only KEY`` runs one scenario (keys: see ``--list``). Loopback traffic only.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
+
+import attrs
 
 from .runner import (
+    Progress,
     Scenario,
-    end_to_end,
+    finite,
     fresh_database,
     machine,
     naive_baseline,
     postgres,
+    run_scenario,
     store_ceiling,
     transport_ceiling,
 )
 
 RESULTS = Path(__file__).parent / "RESULTS.md"
+CORES = 2  # the project machine; the limit analysis says so when this one differs
 
 
-def scenarios(full: bool) -> list[Scenario]:
-    scale = 5 if full else 1
+@attrs.frozen
+class Target:
+    text: str
+    met: Callable[[dict[str, Any], dict[str, float]], bool]
+
+
+def scenarios(full: bool) -> list[tuple[Scenario, Target | None]]:
+    """Every scenario of issue #6 with its target; short sizes unless ``full``."""
+    seconds = 30 if full else 8
+    n = 500_000 if full else 120_000
     return [
-        Scenario("max rate, 1 connection, 1 subscriber (batch frames)", 40_000 * scale),
-        Scenario(
-            "max rate, 1 connection, 10 subscribers (batch frames)", 40_000 * scale, subscribers=10
+        (
+            Scenario("max-1", "max rate, 1 connection, 1 subscriber (batch frames)", n),
+            Target(
+                "≥ 15× naive and ≥ 80,000 msg/s",
+                lambda r, b: (
+                    r["committed_per_s"] >= max(15 * b["naive"], 80_000)
+                    and r["received_min"] >= r["expected"]
+                ),
+            ),
         ),
-        Scenario(
-            "paced 10,000 msg/s, 1 subscriber (one record per frame)",
-            30_000 * scale,
-            rate=10_000,
-            batch_frames=False,
+        (
+            Scenario(
+                "max-10", "max rate, 1 connection, 10 subscribers (batch frames)", n, subscribers=10
+            ),
+            Target(
+                "≥ 60,000 msg/s, every subscriber gets every record",
+                lambda r, b: r["committed_per_s"] >= 60_000 and r["received_min"] >= r["expected"],
+            ),
         ),
-        Scenario("paced 30,000 msg/s, 1 subscriber (batch frames)", 60_000 * scale, rate=30_000),
+        (
+            Scenario("max-okx", "max rate, 1 connection, OKX messages of 10 trades", n),
+            None,
+        ),
+        (
+            Scenario(
+                "paced-10k-frames",
+                "paced 10,000 msg/s, 1 subscriber, one record per frame",
+                10_000 * seconds,
+                rate=10_000,
+                batch_frames=False,
+            ),
+            Target(
+                "p99 ≤ 50 ms", lambda r, b: r["p99_ms"] <= 50 and r["received_min"] >= r["expected"]
+            ),
+        ),
+        (
+            Scenario(
+                "paced-30k",
+                "paced 30,000 msg/s, 1 subscriber (batch frames)",
+                30_000 * seconds,
+                rate=30_000,
+            ),
+            Target(
+                "p99 ≤ 50 ms; engine ≤ 50% of one core",
+                lambda r, b: r["p99_ms"] <= 50 and r["engine_cpu"] <= 0.5,
+            ),
+        ),
+        (
+            Scenario(
+                "paced-60k",
+                "paced 60,000 msg/s, 1 subscriber (batch frames)",
+                60_000 * seconds,
+                rate=60_000,
+            ),
+            None,
+        ),
+        (
+            Scenario(
+                "subscribers-1000",
+                "1,000 subscribers (batch frames) at 2,000 msg/s",
+                2_000 * seconds,
+                rate=2_000,
+                subscribers=1000,
+            ),
+            Target(
+                "every subscriber receives every record; p99 ≤ 250 ms",
+                lambda r, b: r["received_min"] >= r["expected"] and r["p99_ms"] <= 250,
+            ),
+        ),
+        (
+            Scenario(
+                "connectors-200",
+                "200 WebSocket connectors × 50 msg/s, 1 subscriber (batch frames)",
+                50 * seconds,
+                rate=50,
+                connections=200,
+            ),
+            Target(
+                "all stored; p99 ≤ 100 ms",
+                lambda r, b: r["rows_in_table"] == r["expected"] and r["p99_ms"] <= 100,
+            ),
+        ),
+        (
+            Scenario(
+                "rest-1000",
+                "1,000 REST connectors polling every second",
+                subscribers=0,
+                connections=0,
+                rest_connectors=1000,
+                duration=60 if full else 20,
+            ),
+            Target(
+                "tick lateness p99 ≤ 20 ms; no skipped ticks",
+                lambda r, b: r["tick_p99_ms"] <= 20 and r["skipped_ticks"] == 0,
+            ),
+        ),
+        (
+            Scenario(
+                "stall-30s" if full else "stall-10s",
+                f"PostgreSQL stalled for {30 if full else 10} s under 10,000 msg/s",
+                10_000 * (30 if full else 10) + 10_000 * 20,
+                rate=10_000,
+                stall_at=5,
+                stall_for=30 if full else 10,
+            ),
+            Target(
+                "memory bounded; nothing lost within the buffer",
+                lambda r, b: (
+                    r["rows_in_table"] == r["expected"]
+                    and r["gaps"] == 0
+                    and r["peak_rss_mib"] < 1024
+                ),
+            ),
+        ),
+        (
+            Scenario(
+                "soak-30k",
+                f"steady 30,000 msg/s for {'5 minutes' if full else '60 s'}",
+                30_000 * (300 if full else 60),
+                rate=30_000,
+                soak=True,
+            ),
+            Target(
+                "RSS ≤ 200 MiB and flat",
+                lambda r, b: r["peak_rss_mib"] <= 200 and abs(r["rss_slope_mib_per_min"]) < 2,
+            ),
+        ),
+    ]
+
+
+def smoke() -> list[tuple[Scenario, Target | None]]:
+    return [
+        (Scenario("smoke-ws", "smoke: 500 trades, 2 subscribers", 500, subscribers=2), None),
+        (
+            Scenario(
+                "smoke-okx",
+                "smoke: OKX batches, per-record frames",
+                300,
+                exchange="okx",
+                batch_frames=False,
+            ),
+            None,
+        ),
+        (
+            Scenario(
+                "smoke-rest",
+                "smoke: 3 REST connectors",
+                subscribers=0,
+                connections=0,
+                rest_connectors=3,
+                duration=2.5,
+            ),
+            None,
+        ),
+        (
+            Scenario(
+                "smoke-stall", "smoke: 1 s stall", 2_000, rate=1_000, stall_at=0.5, stall_for=1
+            ),
+            None,
+        ),
+    ]
+
+
+def fmt(value: Any, spec: str = ",.0f") -> str:
+    if value is None or (isinstance(value, float) and not finite(value)):
+        return "–"
+    return format(value, spec)
+
+
+def report(
+    command: str,
+    baselines: dict[str, float],
+    rows: list[tuple[Scenario, Target | None, dict[str, Any]]],
+) -> str:
+    naive, store, transport = baselines["naive"], baselines["store"], baselines["transport"]
+    lines = [
+        "# Benchmark results\n",
+        f"Generated by `{command}` on {datetime.now(UTC):%Y-%m-%d %H:%M} UTC — {machine()}. "
+        "Regenerated by the runner; do not edit by hand. The machine is shared and noisy: "
+        "compare the ratios, which are measured in the same run. What each figure means and "
+        "what limits the missed targets: `bench/README.md`.\n",
+        "## Baselines measured in this run\n",
+        "| baseline | rate |",
+        "|---|---|",
+        f"| naive design: asyncio, one INSERT + COMMIT per message | {naive:,.0f} msg/s |",
+        f"| store ceiling: binary COPY of the firehose's rows, 2,000 per batch, no network "
+        f"| {store:,.0f} rows/s |",
+        f"| transport ceiling: receive + parse only, no storage | {transport:,.0f} msg/s |",
+        "",
+        "## Targets\n",
+        "| scenario | target | measured | met |",
+        "|---|---|---|---|",
+    ]
+    for scenario, target, r in rows:
+        if target is None:
+            continue
+        lines.append(
+            f"| {scenario.key} | {target.text} | {_measured(r, baselines)} "
+            f"| {'yes' if target.met(r, baselines) else '**no**'} |"
+        )
+    lines += [
+        "",
+        "## Scenarios\n",
+        "Each: firehose process → `sluice serve` → PostgreSQL → subscriber processes. "
+        "committed/s counts rows in the table; latency is firehose send → subscriber receipt; "
+        "CPU is in cores (1.00 = one core busy) and µs of CPU per stored record.\n",
+    ]
+    for scenario, _, r in rows:
+        lines += [
+            f"### {scenario.key}: {scenario.name}\n",
+            f"`python -m bench --only {scenario.key}{' --full' if '--full' in command else ''}`\n",
+            "| measure | value |",
+            "|---|---|",
+            f"| records stored / expected | {r['rows_in_table']:,} / {r['expected']:,} |"
+            if not scenario.rest_connectors
+            else f"| records stored | {r['rows_in_table']:,} |",
+            f"| committed/s | {fmt(r['committed_per_s'])} "
+            f"({r['committed_per_s'] / naive:.1f}× naive, "
+            f"{100 * r['committed_per_s'] / store:.0f}% of store ceiling) |",
+        ]
+        if scenario.subscribers and r["expected"]:
+            lines += [
+                f"| subscribers / slowest received | {scenario.subscribers:,} / "
+                f"{r['received_min']:,} |",
+                f"| delivered/s (slowest subscriber) | {fmt(r['delivered_per_s'])} |",
+                f"| latency p50 / p90 / p99 / max ms | {fmt(r['p50_ms'], '.1f')} / "
+                f"{fmt(r['p90_ms'], '.1f')} / {fmt(r['p99_ms'], '.1f')} / "
+                f"{fmt(r['max_ms'], '.1f')} |",
+            ]
+        if scenario.rest_connectors:
+            lines += [
+                f"| ticks / requests / skipped ticks | {r['ticks']:,} / {r['requests']:,} / "
+                f"{r['skipped_ticks']:,} |",
+                f"| tick lateness p50 / p99 ms (bucket bound) | {fmt(r['tick_p50_ms'], '.0f')} / "
+                f"{fmt(r['tick_p99_ms'], '.0f')} |",
+            ]
+        lines += [
+            f"| CPU engine / PostgreSQL / firehose+subscribers | {r['engine_cpu']:.2f} / "
+            f"{r['postgres_cpu']:.2f} / {r['load_cpu']:.2f} |",
+            f"| µs CPU per record: engine / PostgreSQL / firehose+subscribers | "
+            f"{r['engine_us_per_record']:.1f} / {r['postgres_us_per_record']:.1f} / "
+            f"{r['load_us_per_record']:.1f} |",
+            f"| peak RSS MiB | {r['peak_rss_mib']:.0f} |",
+        ]
+        if r["rss_slope_mib_per_min"] is not None:
+            lines.append(
+                f"| RSS slope, second half (MiB/min) | {r['rss_slope_mib_per_min']:+.2f} |"
+            )
+        lines += [f"| gaps / rejected | {r['gaps']} / {r['rejected']} |", ""]
+    lines += _limits(rows)
+    return "\n".join(lines) + "\n"
+
+
+def _measured(r: dict[str, Any], b: dict[str, float]) -> str:
+    parts = [f"{fmt(r['committed_per_s'])} msg/s ({r['committed_per_s'] / b['naive']:.1f}× naive)"]
+    if finite(r["p99_ms"]):
+        parts.append(f"p99 {r['p99_ms']:.0f} ms")
+    if r["expected"] and finite(r["p99_ms"]):
+        parts.append(f"slowest subscriber {r['received_min']:,}/{r['expected']:,}")
+    parts.append(f"engine {r['engine_cpu']:.2f} cores")
+    if "tick_p99_ms" in r:
+        parts = [f"tick p99 ≤ {fmt(r['tick_p99_ms'], '.0f')} ms", f"{r['skipped_ticks']} skipped"]
+    if r["rss_slope_mib_per_min"] is not None:
+        parts.append(
+            f"RSS peak {r['peak_rss_mib']:.0f} MiB, {r['rss_slope_mib_per_min']:+.2f} MiB/min"
+        )
+    elif "stall" in r["key"]:
+        parts.append(
+            f"RSS peak {r['peak_rss_mib']:.0f} MiB, "
+            f"{r['rows_in_table']:,}/{r['expected']:,} stored, {r['gaps']} gaps"
+        )
+    return "; ".join(parts)
+
+
+def _limits(rows: list[tuple[Scenario, Target | None, dict[str, Any]]]) -> list[str]:
+    """What the CPU accounting of the max-rate run says about the throughput ceiling."""
+    found = [r for s, _, r in rows if s.key == "max-1"]
+    if not found:
+        return []
+    r = found[0]
+    per = r["engine_us_per_record"] + r["postgres_us_per_record"] + r["load_us_per_record"]
+    if per <= 0:
+        return []
+    return [
+        "## CPU budget at max rate\n",
+        f"In max-1 every stored record cost {r['engine_us_per_record']:.1f} µs of engine CPU, "
+        f"{r['postgres_us_per_record']:.1f} µs of PostgreSQL CPU and "
+        f"{r['load_us_per_record']:.1f} µs in the firehose and subscriber: {per:.1f} µs in all. "
+        f"With {CORES} cores shared by all of them, that caps this machine at about "
+        f"{CORES * 1e6 / per:,.0f} msg/s even with every core busy and no waiting; the engine "
+        f"alone, which is one Python process (one core for Python code), caps at "
+        f"{1e6 / r['engine_us_per_record']:,.0f} msg/s.\n",
     ]
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.add_argument("--full", action="store_true", help="larger counts (several minutes)")
-    parser.add_argument("--smoke", action="store_true", help="tiny counts, for the test suite")
+    parser.add_argument("--full", action="store_true", help="full sizes (about half an hour)")
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes, for the test suite")
+    parser.add_argument("--only", action="append", metavar="KEY", help="run only this scenario")
+    parser.add_argument("--list", action="store_true", help="list the scenarios and exit")
     parser.add_argument("--no-write", action="store_true", help="do not rewrite RESULTS.md")
-    args = parser.parse_args(argv)
-    n = 1_000 if args.smoke else (200_000 if args.full else 50_000)
-    with postgres() as admin:
-        with fresh_database(admin) as dsn:
-            naive = naive_baseline(dsn, 300 if args.smoke else 3_000)
-            store = store_ceiling(dsn, n)
-        transport = transport_ceiling(n)
-        plan = [Scenario("smoke", 500)] if args.smoke else scenarios(args.full)
-        rows = [end_to_end(admin, s) for s in plan]
-    lines = [
-        "# Benchmark results\n",
-        f"Generated by `python -m bench{' --full' if args.full else ''}` on "
-        f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC — {machine()}. Regenerated by the runner; "
-        "do not edit by hand. The machine is shared and noisy: compare the ratios, which "
-        "are measured in the same run.\n",
-        "## Baselines measured in this run\n",
-        "| baseline | rate |",
-        "|---|---|",
-        f"| naive design: asyncio, one INSERT + COMMIT per message | {naive:,.0f} msg/s |",
-        f"| store ceiling: binary COPY of 2,000-row batches, no network | {store:,.0f} rows/s |",
-        f"| transport ceiling: receive + parse only, no storage | {transport:,.0f} msg/s |",
-        "",
-        "## End to end (firehose process → sluice serve → PostgreSQL → subscriber processes)\n",
-        "| scenario | committed/s | x naive | % of store ceiling "
-        "| delivered/s (slowest subscriber) | p50 ms | p99 ms | max ms | engine CPU (cores) "
-        "| peak RSS MiB | gaps | rejected |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        lines.append(
-            f"| {r['scenario']} | {r['committed_per_s']:,.0f} "
-            f"| {r['committed_per_s'] / naive:.1f}x "
-            f"| {100 * r['committed_per_s'] / store:.0f}% | {r['delivered_per_s']:,.0f} "
-            f"| {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['max_ms']:.1f} "
-            f"| {r['engine_cpu_core']:.2f} | {r['peak_rss_mib']:.0f} "
-            f"| {r['gaps']} | {r['rejected']} |"
-        )
-    lines.append("")
-    lines.append(
-        "Scenarios of issue #6 not run yet: 1,000 subscribers, 200 WebSocket connectors, "
-        "1,000 REST connectors, the 30 s PostgreSQL stall and the 5-minute RSS soak."
+    parser.add_argument(
+        "--profile", metavar="DIR", help="record a py-spy flame graph of the engine per scenario"
     )
-    text = "\n".join(lines) + "\n"
+    args = parser.parse_args(argv)
+    plan = smoke() if args.smoke else scenarios(args.full)
+    if args.list:
+        for scenario, target in plan:
+            print(
+                f"{scenario.key:18} {scenario.name}"
+                + (f"  [target: {target.text}]" if target else "")
+            )
+        return 0
+    if args.only:
+        unknown = set(args.only) - {s.key for s, _ in plan}
+        if unknown:
+            parser.error(f"unknown scenario {sorted(unknown)[0]} (see --list)")
+        plan = [(s, t) for s, t in plan if s.key in args.only]
+    n = 2_000 if args.smoke else (200_000 if args.full else 60_000)
+    progress = Progress()
+    rows = []
+    with postgres() as admin:
+        progress.done("baselines: naive design, store ceiling, transport ceiling …")
+        with fresh_database(admin) as dsn:
+            baselines = {
+                "naive": naive_baseline(dsn, 300 if args.smoke else 3_000),
+                "store": store_ceiling(dsn, n),
+            }
+        baselines["transport"] = transport_ceiling(n)
+        for scenario, target in plan:
+            profile = f"{args.profile}/{scenario.key}.svg" if args.profile else None
+            rows.append((scenario, target, run_scenario(admin, scenario, progress, profile)))
+    command = (
+        "python -m bench" + (" --full" if args.full else "") + (" --smoke" if args.smoke else "")
+    )
+    if args.only:
+        command += "".join(f" --only {key}" for key in args.only)
+    text = report(command, baselines, rows)
     print(text)
-    if not (args.smoke or args.no_write):
+    if not (args.smoke or args.no_write or args.only):
         RESULTS.write_text(text)
-    bad = [r for r in rows if r["rows_in_table"] != r["messages"] or r["gaps"] or r["rejected"]]
-    return 1 if bad else 0
+    lost = [
+        r["key"]
+        for _, _, r in rows
+        if (r["expected"] and r["rows_in_table"] != r["expected"]) or r["gaps"] or r["rejected"]
+    ]
+    if lost:
+        print(f"records lost, gapped or rejected in: {', '.join(lost)}", file=sys.stderr)
+    return 1 if lost else 0
 
 
 if __name__ == "__main__":

@@ -1,27 +1,29 @@
 """The benchmark runner: ceilings and the naive baseline measured in the same run, then
-end-to-end scenarios through a real ``sluice serve`` process, a firehose process and
-subscriber processes. Results are ratios against the baselines of this run.
+scenarios through a real ``sluice serve`` process, a firehose process and subscriber
+processes. Results are ratios against the baselines of this run.
 
 PostgreSQL: ``POSTGRES_DSN`` when set (a fresh database is created per scenario), else an
-embedded server in a temporary directory.
+embedded server in a temporary directory. Every process talks over loopback only.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
 import platform
 import re
 import secrets
+import signal
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import attrs
 import httpx
@@ -33,9 +35,13 @@ from psycopg import sql
 
 from engine.config import Settings
 from engine.models import Record
+from engine.normalize import decode, normalizer_for
+from engine.normalize.common import Context
 from engine.storage import Database
 from engine.storage.records import insert_records
 from engine.transport import SansIOTransport
+
+from .firehose import BINANCE
 
 KEY = "bench-key-0123456789abcdef-01234"
 
@@ -66,30 +72,27 @@ def fresh_database(admin: str) -> Iterator[str]:
             )
 
 
-def _records(n: int) -> list[Record]:
-    now = datetime.now(UTC)
-    return [
-        Record(
-            connector_id="bench",
-            exchange="binance",
-            instrument="BTCUSDT",
-            price=f"42{i % 1000:03d}.{i % 100:02d}",
-            size="0.00100000",
-            side="buy",
-            message_type="trade",
-            timestamp=now,
-            received_at=now,
-            data=b'{"e":"trade","s":"BTCUSDT","t":%d,"p":"42000.10","q":"0.001"}' % i,
-            dedup_key=f"t:BTCUSDT:{i}",
-        )
-        for i in range(n)
-    ]
+def firehose_records(n: int) -> list[Record]:
+    """The records the firehose's Binance trades normalize to, built without a network."""
+    ctx = Context("conn_bench", "binance")
+    normalize = normalizer_for("binance")
+    now = time.time()
+    ms = int(now * 1000)
+    received = datetime.now(UTC)
+    records: list[Record] = []
+    for i in range(n):
+        text = BINANCE % (ms, i, i % 1000, i % 100, ms, "true" if i % 2 else "false", now)
+        msg, raw = decode(text.encode())
+        result = normalize(msg, raw, ctx, received)
+        assert isinstance(result, list)
+        records.extend(result)
+    return records
 
 
 def store_ceiling(dsn: str, n: int) -> float:
-    """Rows/s for binary COPY of prepared rows, 2,000 per batch, no network source."""
+    """Rows/s for binary COPY of the firehose's rows, 2,000 per batch, no network source."""
     settings = Settings(postgres_dsn=dsn, pool_min=1, pool_max=2, encryption_key=KEY)
-    records = _records(n)
+    records = firehose_records(n)
 
     async def run() -> float:
         async with Database.open(settings) as db:
@@ -125,11 +128,12 @@ def naive_baseline(dsn: str, n: int) -> float:
 
 @contextlib.contextmanager
 def process(
-    args: list[str], env: dict[str, str] | None = None, *, ready: str
+    args: list[str], env: dict[str, str] | None = None, *, ready: str, stdin: bool = False
 ) -> Iterator[tuple[subprocess.Popen[str], str]]:
     """Start a helper process and wait until it prints a line containing ``ready``."""
     proc = subprocess.Popen(
         [sys.executable, *args],
+        stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -137,7 +141,7 @@ def process(
     )
     assert proc.stdout is not None
     try:
-        deadline = time.time() + 60
+        deadline = time.time() + 120
         for line in proc.stdout:
             if ready in line:
                 break
@@ -147,11 +151,13 @@ def process(
             raise RuntimeError(f"{args} exited before it was ready")
         yield proc, line
     finally:
-        proc.terminate()
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGINT)
         try:
-            proc.wait(15)
+            proc.wait(30)
         except subprocess.TimeoutExpired:
             proc.kill()
+            proc.wait()
 
 
 def transport_ceiling(n: int) -> float:
@@ -174,104 +180,372 @@ def transport_ceiling(n: int) -> float:
         return trio.run(run)
 
 
+@contextlib.contextmanager
+def profiled(pid: int, output: str | None) -> Iterator[None]:
+    """Sample ``pid`` with py-spy while the block runs; write a flame graph to ``output``
+    (``.txt``: collapsed stacks instead)."""
+    if not output:
+        yield
+        return
+    command = ["py-spy", "record", "--pid", str(pid), "--rate", "250", "--output", output]
+    if output.endswith(".txt"):
+        command += ["--format", "raw"]
+    spy = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        yield
+    finally:
+        spy.send_signal(signal.SIGINT)
+        spy.wait(60)
+
+
 @attrs.frozen
 class Scenario:
+    """One benchmark scenario; a WebSocket or a REST load, optionally with a stall or soak."""
+
+    key: str
     name: str
-    count: int
-    rate: float = 0.0
+    count: int = 0  # trades per WebSocket connection
+    rate: float = 0.0  # trades/s per connection; 0 = as fast as possible
+    connections: int = 1
+    exchange: str = "binance"  # the firehose format: binance or okx
     subscribers: int = 1
     batch_frames: bool = True
+    rest_connectors: int = 0
+    duration: float = 0.0  # REST scenarios: seconds to poll
+    stall_at: float = 0.0  # seconds after the start
+    stall_for: float = 0.0
+    soak: bool = False  # sample RSS every second and report its slope
+
+    @property
+    def expected(self) -> int:
+        return self.count * self.connections
 
 
-def end_to_end(admin: str, scenario: Scenario) -> dict[str, Any]:
-    """One scenario through real processes; the committed rate is checked in the table."""
-    with fresh_database(admin) as dsn, tempfile.TemporaryDirectory() as tmp:
+class CpuMeter:
+    """CPU seconds used by groups of processes between two readings."""
+
+    def __init__(self, groups: dict[str, Callable[[], list[psutil.Process]]]) -> None:
+        self.groups = groups
+        self.start = self._read()
+
+    def _read(self) -> dict[str, dict[int, float]]:
+        readings: dict[str, dict[int, float]] = {}
+        for name, find in self.groups.items():
+            readings[name] = {}
+            for proc in find():
+                with contextlib.suppress(psutil.Error):
+                    times = proc.cpu_times()
+                    readings[name][proc.pid] = times.user + times.system
+        return readings
+
+    def used(self) -> dict[str, float]:
+        end = self._read()
+        return {
+            name: sum(t - self.start[name].get(pid, 0.0) for pid, t in pids.items())
+            for name, pids in end.items()
+        }
+
+
+def postgres_processes() -> list[psutil.Process]:
+    found = []
+    for proc in psutil.process_iter(["name"]):
+        if (proc.info["name"] or "").startswith("postgres"):
+            found.append(proc)
+    return found
+
+
+class Progress:
+    """One status line while a scenario runs: rewritten in place on a terminal, else a
+    line every five seconds."""
+
+    def __init__(self, stream: IO[str] = sys.stderr) -> None:
+        self.stream = stream
+        self.tty = stream.isatty()
+        self.last = 0.0
+
+    def show(self, text: str) -> None:
+        now = time.monotonic()
+        if self.tty:
+            self.stream.write("\r\x1b[K" + text)
+            self.stream.flush()
+        elif now - self.last >= 5:
+            self.stream.write(text + "\n")
+            self.stream.flush()
+            self.last = now
+
+    def done(self, text: str) -> None:
+        self.stream.write(("\r\x1b[K" if self.tty else "") + text + "\n")
+        self.stream.flush()
+        self.last = 0.0
+
+
+def parse_metrics(text: str) -> dict[str, float]:
+    """Sum Prometheus samples by metric name (labels other than ``le`` dropped)."""
+    totals: dict[str, float] = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        name_labels, _, value = line.rpartition(" ")
+        name = name_labels.split("{", 1)[0]
+        le = re.search(r'le="([^"]+)"', name_labels)
+        if le:
+            name = f"{name}|{le.group(1)}"
+        totals[name] = totals.get(name, 0.0) + float(value)
+    return totals
+
+
+def histogram_quantile(
+    metrics: dict[str, float], base: dict[str, float], name: str, q: float
+) -> float:
+    """Upper bound of the bucket holding quantile ``q`` of the samples since ``base``."""
+    buckets = sorted(
+        (float("inf") if k.endswith("|+Inf") else float(k.split("|")[1]), v - base.get(k, 0.0))
+        for k, v in metrics.items()
+        if k.startswith(name + "_bucket|")
+    )
+    if not buckets or buckets[-1][1] <= 0:
+        return float("nan")
+    total = buckets[-1][1]
+    for bound, cumulative in buckets:
+        if cumulative >= q * total:
+            return bound
+    return float("inf")
+
+
+def run_scenario(
+    admin: str,
+    scenario: Scenario,
+    progress: Progress | None = None,
+    profile: str | None = None,
+) -> dict[str, Any]:
+    """One scenario through real processes; returns its measurements."""
+    progress = progress or Progress()
+    with contextlib.ExitStack() as stack:
+        dsn = stack.enter_context(fresh_database(admin))
+        tmp = stack.enter_context(tempfile.TemporaryDirectory())
+        engine_dsn = dsn
+        proxy = None
+        if scenario.stall_for:
+            proxy, proxy_line = stack.enter_context(
+                process(["-m", "bench.fault_proxy", dsn], ready="PORT", stdin=True)
+            )
+            engine_dsn = psycopg.conninfo.make_conninfo(
+                dsn, host="127.0.0.1", port=int(proxy_line.split()[1])
+            )
         env = {
-            "POSTGRES_DSN": dsn,
+            "POSTGRES_DSN": engine_dsn,
             "ENCRYPTION_KEY": KEY,
             "SLUICE_ALLOW_PRIVATE_NETWORKS": "true",
             "SLUICE_DATA_DIR": tmp,
-            "SLUICE_LOG_LEVEL": "WARNING",
+            "SLUICE_LOG_LEVEL": "INFO",
             "SLUICE_REALTIME_MAX_LAG": "1000000",
+            "SLUICE_REALTIME_MAX_SUBSCRIBERS": str(max(1000, scenario.subscribers + 10)),
         }
-        serve_args = ["-m", "server.cli", "serve", "--port", "0"]
-        fire_args = [
-            "-m",
-            "bench.firehose",
-            "--count",
-            str(scenario.count),
-            "--rate",
-            str(scenario.rate),
+        server, line = stack.enter_context(
+            process(["-m", "server.cli", "serve", "--port", "0"], env, ready="listening on")
+        )
+        fire_args = ["-m", "bench.firehose", "--count", str(scenario.count)]
+        fire_args += ["--rate", str(scenario.rate)]
+        firehose, fire_line = stack.enter_context(process(fire_args, ready="PORT"))
+        base = re.search(r"(http://\S+)", line).group(1)  # type: ignore[union-attr]
+        port = int(fire_line.split()[1])
+        client = stack.enter_context(httpx.Client(base_url=base, timeout=60))
+        subscribers = _start_subscribers(stack, base, scenario)
+
+        bodies: list[dict[str, Any]] = [
+            {
+                "name": f"bench-ws-{i}",
+                "api_url": f"ws://127.0.0.1:{port}/{scenario.exchange}",
+                "exchange": scenario.exchange,
+            }
+            for i in range(scenario.connections if scenario.count else 0)
         ]
-        with (
-            process(serve_args, {**env, "SLUICE_LOG_LEVEL": "INFO"}, ready="listening on") as (
-                server,
-                line,
-            ),
-            process(fire_args, ready="PORT") as (_, fire_line),
-        ):
-            base = re.search(r"(http://\S+)", line).group(1)  # type: ignore[union-attr]
-            port = int(fire_line.split()[1])
-            ws = (
-                base.replace("http://", "ws://")
-                + "/api/realtime"
-                + ("?batch=true" if scenario.batch_frames else "")
-            )
-            subscribers = []
-            for _ in range(scenario.subscribers):
-                sub = subprocess.Popen(
-                    [sys.executable, "-m", "bench.subscriber", ws, str(scenario.count)],
-                    stdout=subprocess.PIPE,
-                    text=True,
+        bodies += [
+            {
+                "name": f"bench-rest-{i}",
+                "api_url": f"http://127.0.0.1:{port}/rest",
+                "polling_interval": 1000,
+            }
+            for i in range(scenario.rest_connectors)
+        ]
+        ids = []
+        for body in bodies:
+            response = client.post("/api/connectors", json=body)
+            response.raise_for_status()
+            ids.append(response.json()["connector_id"])
+
+        engine = psutil.Process(server.pid)
+        cpu = CpuMeter(
+            {
+                "engine": lambda: [engine],
+                "postgres": postgres_processes,
+                "load": lambda: [psutil.Process(p.pid) for p in [firehose, *subscribers]],
+            }
+        )
+        metrics_before = parse_metrics(client.get("/metrics").text)
+        rss: list[tuple[float, float]] = []
+        stall = "pending" if proxy else "none"
+        poll = 0.2 if len(ids) <= 10 else 1.0
+        with profiled(server.pid, profile):
+            started = time.perf_counter()
+            for cid in ids:
+                client.post(f"/api/connectors/{cid}/start").raise_for_status()
+            while True:
+                elapsed = time.perf_counter() - started
+                metrics = parse_metrics(client.get("/metrics").text)
+                rss.append((elapsed, engine.memory_info().rss / 2**20))
+                stored = metrics.get("sluice_writer_rows_total", 0.0)
+                received = metrics.get("sluice_connector_messages_received_total", 0.0)
+                if proxy and stall == "pending" and elapsed >= scenario.stall_at:
+                    _command(proxy, "stall")
+                    stall = "stalled"
+                if (
+                    proxy
+                    and stall == "stalled"
+                    and elapsed >= scenario.stall_at + scenario.stall_for
+                ):
+                    _command(proxy, "resume")
+                    stall = "resumed"
+                progress.show(
+                    f"{scenario.key}: {elapsed:6.1f} s  received {received:,.0f}  "
+                    f"stored {stored:,.0f}  RSS {rss[-1][1]:.0f} MiB"
+                    + (f"  database {stall}" if proxy else "")
                 )
-                assert sub.stdout is not None
-                sub.stdout.readline()  # READY
-                subscribers.append(sub)
-            engine = psutil.Process(server.pid)
-            cpu_before = engine.cpu_times()
-            peak_rss = 0
-            with httpx.Client(base_url=base, timeout=30) as client:
-                body = {
-                    "name": "bench",
-                    "api_url": f"ws://127.0.0.1:{port}/",
-                    "exchange": "binance",
-                }
-                cid = client.post("/api/connectors", json=body).json()["connector_id"]
-                started = time.perf_counter()
-                client.post(f"/api/connectors/{cid}/start")
-                while True:
-                    status = client.get(f"/api/connectors/{cid}/status").json()
-                    peak_rss = max(peak_rss, engine.memory_info().rss)
-                    if (
-                        status["records_stored"] >= scenario.count
-                        or time.perf_counter() - started > 600
-                    ):
+                if scenario.rest_connectors:
+                    if elapsed >= scenario.duration:
                         break
-                    time.sleep(0.05)
-                stored_at = time.perf_counter()
-            cpu_after = engine.cpu_times()
-            results = [
-                orjson.loads(s.communicate(timeout=120)[0].strip().splitlines()[-1])
-                for s in subscribers
-            ]
+                elif stored >= scenario.expected and stall != "stalled":
+                    break
+                if elapsed > max(600.0, 3 * scenario.duration):
+                    break
+                time.sleep(poll)
+            stopped = time.perf_counter()
+            used = cpu.used()
+        elapsed = stopped - started
+        results = [
+            {
+                k: float("nan") if v is None else v
+                for k, v in orjson.loads(
+                    s.communicate(timeout=300)[0].strip().splitlines()[-1]
+                ).items()
+            }
+            for s in subscribers
+        ]
         with psycopg.connect(dsn) as conn:
-            row = conn.execute("SELECT count(*) FROM websocket_messages").fetchone()
-        elapsed = stored_at - started
-        cpu = (cpu_after.user + cpu_after.system) - (cpu_before.user + cpu_before.system)
-        return {
+            row = conn.execute(
+                "SELECT (SELECT count(*) FROM websocket_messages),"
+                " (SELECT count(*) FROM api_connector_data)"
+            ).fetchone()
+        assert row is not None
+        rows = int(row[0] + row[1])
+        progress.done(f"{scenario.key}: done in {elapsed:.1f} s")
+        second_half = [(t, r) for t, r in rss if t >= elapsed / 2]
+        result: dict[str, Any] = {
+            "key": scenario.key,
             "scenario": scenario.name,
-            "messages": scenario.count,
-            "rows_in_table": row[0] if row else 0,
-            "committed_per_s": scenario.count / elapsed,
-            "delivered_per_s": min(r["rate"] for r in results),
-            "p50_ms": max(r["p50_ms"] for r in results),
-            "p99_ms": max(r["p99_ms"] for r in results),
-            "max_ms": max(r["max_ms"] for r in results),
-            "engine_cpu_core": cpu / elapsed,
-            "peak_rss_mib": peak_rss / 2**20,
-            "gaps": status["messages_gap"],
-            "rejected": status["messages_rejected"],
+            "expected": scenario.expected,
+            "rows_in_table": rows,
+            "seconds": elapsed,
+            "committed_per_s": rows / elapsed,
+            "received_min": min((r["received_min"] for r in results), default=0),
+            "delivered_per_s": _least(r["rate"] for r in results),
+            "p50_ms": _most(r["p50_ms"] for r in results),
+            "p90_ms": _most(r["p90_ms"] for r in results),
+            "p99_ms": _most(r["p99_ms"] for r in results),
+            "max_ms": _most(r["max_ms"] for r in results),
+            "engine_cpu": used["engine"] / elapsed,
+            "postgres_cpu": used["postgres"] / elapsed,
+            "load_cpu": used["load"] / elapsed,
+            "engine_us_per_record": 1e6 * used["engine"] / max(rows, 1),
+            "postgres_us_per_record": 1e6 * used["postgres"] / max(rows, 1),
+            "load_us_per_record": 1e6 * used["load"] / max(rows, 1),
+            "peak_rss_mib": max(r for _, r in rss),
+            "rss_slope_mib_per_min": _slope(second_half) * 60 if scenario.soak else None,
+            "gaps": int(metrics.get("sluice_connector_messages_gap_total", 0)),
+            "rejected": int(metrics.get("sluice_connector_messages_rejected_total", 0)),
         }
+        if scenario.rest_connectors:
+            final = parse_metrics(client.get("/metrics").text)
+            name = "sluice_rest_tick_lateness_seconds"
+            result["ticks"] = int(
+                final.get(f"{name}_count", 0) - metrics_before.get(f"{name}_count", 0)
+            )
+            result["tick_p99_ms"] = 1000 * histogram_quantile(final, metrics_before, name, 0.99)
+            result["tick_p50_ms"] = 1000 * histogram_quantile(final, metrics_before, name, 0.50)
+            result["skipped_ticks"] = int(final.get("sluice_connector_skipped_ticks_total", 0))
+            result["requests"] = int(final.get("sluice_connector_requests_total", 0))
+        return result
+
+
+def _start_subscribers(
+    stack: contextlib.ExitStack, base: str, scenario: Scenario
+) -> list[subprocess.Popen[str]]:
+    """Subscriber processes (at most four), each holding its share of the connections."""
+    if not scenario.subscribers or not scenario.expected:
+        return []
+    url = base.replace("http://", "ws://") + "/api/realtime"
+    if scenario.batch_frames:
+        url += "?batch=true"
+    processes = min(4, scenario.subscribers)
+    started = []
+    for i in range(processes):
+        share = scenario.subscribers // processes + (i < scenario.subscribers % processes)
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "bench.subscriber",
+                url,
+                str(scenario.expected),
+                "--connections",
+                str(share),
+                "--timeout",
+                str(max(300.0, 3 * scenario.expected / max(scenario.rate, 1.0))),
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        stack.callback(_reap, proc)
+        assert proc.stdout is not None
+        if "READY" not in proc.stdout.readline():
+            raise RuntimeError("a subscriber process could not connect")
+        started.append(proc)
+    return started
+
+
+def _reap(proc: subprocess.Popen[str]) -> None:
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+
+
+def _command(proxy: subprocess.Popen[str], command: str) -> None:
+    assert proxy.stdin is not None
+    assert proxy.stdout is not None
+    proxy.stdin.write(command + "\n")
+    proxy.stdin.flush()
+    proxy.stdout.readline()  # OK <command>
+
+
+def _least(values: Iterable[float]) -> float:
+    return min((v for v in values if finite(v)), default=float("nan"))
+
+
+def _most(values: Iterable[float]) -> float:
+    return max((v for v in values if finite(v)), default=float("nan"))
+
+
+def _slope(points: list[tuple[float, float]]) -> float:
+    """Least-squares slope (units per second) of (t, value) points."""
+    if len(points) < 2:
+        return 0.0
+    n = len(points)
+    mean_t = sum(t for t, _ in points) / n
+    mean_v = sum(v for _, v in points) / n
+    var = sum((t - mean_t) ** 2 for t, _ in points)
+    if not var:
+        return 0.0
+    return sum((t - mean_t) * (v - mean_v) for t, v in points) / var
 
 
 def machine() -> str:
@@ -279,3 +553,7 @@ def machine() -> str:
         f"{platform.machine()}, {psutil.cpu_count()} cores, "
         f"{psutil.virtual_memory().total / 2**30:.0f} GiB, Python {platform.python_version()}"
     )
+
+
+def finite(value: float) -> bool:
+    return isinstance(value, int | float) and math.isfinite(value)

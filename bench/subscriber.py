@@ -1,8 +1,23 @@
-"""A realtime subscriber for load tests, run as its own process: counts records and
-measures the latency from the firehose's send stamp (``data.x``) to receipt.
+"""Realtime subscribers for load tests, run as their own process.
 
-Usage: ``python -m bench.subscriber URL EXPECTED [--batch]``; prints one JSON line when
-it has received EXPECTED records (or on timeout).
+Opens ``--connections`` subscriptions to ``URL`` (Sluice's ``/api/realtime``) and counts
+the records each receives, until each has ``EXPECTED`` records or ``--timeout`` passes.
+Latency is firehose send time (``data.x``) → receipt, kept in a 0.1 ms histogram.
+
+Two ways to read a frame:
+
+* ``--parse`` (the default with one connection): every frame is parsed and every record's
+  latency is taken;
+* otherwise, so that one process can keep up with a thousand subscribers, records are
+  counted by their ``"type":"data_update"`` marker and a batch frame's latency is that of
+  its *first* (oldest) record, counted for every record in the frame — never better than
+  the truth.
+
+Prints one JSON line: per-connection minimum and maximum received, the slowest connection's
+rate, and latency percentiles over all connections.
+
+Usage: ``python -m bench.subscriber URL EXPECTED [--connections N] [--parse]``; prints
+``READY`` once every connection got its ``connected`` frame.
 """
 
 from __future__ import annotations
@@ -11,51 +26,143 @@ import argparse
 import sys
 import time
 
+import attrs
 import orjson
 import trio
-import trio_websocket
+
+from engine.transport import SansIOTransport
+
+RESOLUTION = 10_000  # histogram buckets per second (0.1 ms)
+MARKER = b'"type":"data_update"'
 
 
-def percentile(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+@attrs.define
+class Latencies:
+    counts: dict[int, int] = attrs.field(factory=dict)
+    total: int = 0
+
+    def add(self, seconds: float, n: int = 1) -> None:
+        bucket = max(0, int(seconds * RESOLUTION))
+        self.counts[bucket] = self.counts.get(bucket, 0) + n
+        self.total += n
+
+    def percentile(self, q: float) -> float:
+        """Milliseconds at quantile ``q`` (upper edge of its 0.1 ms bucket)."""
+        if not self.total:
+            return float("nan")
+        rank = q * self.total
+        seen = 0
+        for bucket in sorted(self.counts):
+            seen += self.counts[bucket]
+            if seen >= rank:
+                return (bucket + 1) * 1000 / RESOLUTION
+        return (max(self.counts) + 1) * 1000 / RESOLUTION
 
 
-async def main(url: str, expected: int, give_up_after: float) -> dict[str, object]:
-    latencies: list[float] = []
-    first = last = 0.0
-    with trio.move_on_after(give_up_after):
-        async with trio_websocket.open_websocket_url(url, message_queue_size=1024) as ws:
-            await ws.get_message()  # connected
-            print("READY", flush=True)
-            while len(latencies) < expected:
-                message = orjson.loads(await ws.get_message())
+def first_stamp(frame: bytes) -> float | None:
+    at = frame.find(b'"x":')
+    if at < 0:
+        return None
+    end = at + 4
+    while end < len(frame) and frame[end] in b"0123456789.eE+-":
+        end += 1
+    return float(frame[at + 4 : end])
+
+
+@attrs.define
+class Subscriber:
+    url: str
+    expected: int
+    parse: bool
+    latencies: Latencies
+    received: int = 0
+    first: float = 0.0
+    last: float = 0.0
+
+    async def run(self, ready: trio.Semaphore, done: trio.Event) -> None:
+        transport = SansIOTransport()
+        async with transport.connect(self.url, max_message_bytes=1 << 28, open_timeout=30) as ws:
+            while not await ws.receive_messages():  # {"type": "connected"}
+                pass
+            ready.release()
+            while self.received < self.expected:
+                messages = await ws.receive_messages()
                 now = time.time()
-                records = message["records"] if message["type"] == "data_batch" else [message]
-                for record in records:
-                    if record.get("type", "data_update") == "data_update":
-                        latencies.append(now - record["data"]["x"])
-                if not first:
-                    first = now
-                last = now
-    span = max(last - first, 1e-9)
+                for message in messages:
+                    self._count(message, now)
+                if not self.first:
+                    self.first = now
+                self.last = now
+        done.set()
+
+    def _count(self, message: bytes, now: float) -> None:
+        if self.parse:
+            value = orjson.loads(message)
+            kind = value.get("type")
+            records = value["records"] if kind == "data_batch" else [value]
+            for record in records:
+                if record.get("type") == "data_update":
+                    self.latencies.add(now - record["data"]["x"])
+                    self.received += 1
+            return
+        n = message.count(MARKER)
+        if n:
+            stamp = first_stamp(message)
+            if stamp is not None:
+                self.latencies.add(now - stamp, n)
+            self.received += n
+
+
+async def main(
+    url: str, expected: int, connections: int, parse: bool, give_up_after: float
+) -> dict[str, object]:
+    latencies = Latencies()
+    subscribers = [Subscriber(url, expected, parse, latencies) for _ in range(connections)]
+    ready = trio.Semaphore(0, max_value=connections)
+    with trio.move_on_after(give_up_after):
+        async with trio.open_nursery() as nursery:
+            events = []
+            for subscriber in subscribers:
+                done = trio.Event()
+                events.append(done)
+                nursery.start_soon(subscriber.run, ready, done)
+            for _ in range(connections):
+                await ready.acquire()
+            print("READY", flush=True)
+            for done in events:
+                await done.wait()
+    # A rate over less than 10 ms (everything in one or two frames) would mean nothing.
+    rates = [s.received / (s.last - s.first) for s in subscribers if s.last - s.first > 0.01]
     return {
-        "received": len(latencies),
-        "rate": len(latencies) / span,
-        "p50_ms": percentile(latencies, 0.50) * 1000,
-        "p90_ms": percentile(latencies, 0.90) * 1000,
-        "p99_ms": percentile(latencies, 0.99) * 1000,
-        "max_ms": max(latencies, default=float("nan")) * 1000,
+        "connections": connections,
+        "received_min": min(s.received for s in subscribers),
+        "received_max": max(s.received for s in subscribers),
+        "rate": min(rates, default=None),
+        "p50_ms": latencies.percentile(0.50),
+        "p90_ms": latencies.percentile(0.90),
+        "p99_ms": latencies.percentile(0.99),
+        "max_ms": latencies.percentile(1.0),
     }
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.subscriber",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("url")
-    parser.add_argument("expected", type=int)
+    parser.add_argument("expected", type=int, help="records each connection should receive")
+    parser.add_argument("--connections", type=int, default=1)
+    parser.add_argument("--parse", action="store_true", help="parse every frame")
     parser.add_argument("--timeout", type=float, default=300)
     args = parser.parse_args()
-    result = trio.run(main, args.url, args.expected, args.timeout)
+    result = trio.run(
+        main,
+        args.url,
+        args.expected,
+        args.connections,
+        args.parse or args.connections == 1,
+        args.timeout,
+    )
     sys.stdout.write(orjson.dumps(result).decode() + "\n")

@@ -23,4 +23,5 @@ def test_bench_runner_smoke(admin_dsn: str) -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "naive design" in result.stdout
-    assert "| smoke |" in result.stdout
+    for key in ("smoke-ws", "smoke-okx", "smoke-rest", "smoke-stall"):
+        assert f"### {key}:" in result.stdout

@@ -11,12 +11,12 @@ import psycopg
 import pytest
 import trio
 
+from bench.fault_proxy import FaultProxy
 from engine.config import Settings
 from server.serve import Service, serve
 
 from .conftest import evolve
 from .fake_exchange import FakeExchange
-from .fault_proxy import FaultProxy
 
 pytestmark = pytest.mark.e2e
 
