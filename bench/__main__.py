@@ -93,6 +93,16 @@ def scenarios(full: bool) -> list[tuple[Scenario, Target | None]]:
         ),
         (
             Scenario(
+                "paced-30k-deflate",
+                "paced 30,000 msg/s, 1 subscriber offering permessage-deflate (batch frames)",
+                30_000 * seconds,
+                rate=30_000,
+                compression=True,
+            ),
+            None,
+        ),
+        (
+            Scenario(
                 "paced-60k",
                 "paced 60,000 msg/s, 1 subscriber (batch frames)",
                 60_000 * seconds,

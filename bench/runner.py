@@ -215,6 +215,7 @@ class Scenario:
     stall_at: float = 0.0  # seconds after the start
     stall_for: float = 0.0
     soak: bool = False  # sample RSS every second and report its slope
+    compression: bool = False  # subscribers offer permessage-deflate
 
     @property
     def expected(self) -> int:
@@ -501,6 +502,7 @@ def _start_subscribers(
                 str(share),
                 "--timeout",
                 str(max(300.0, 3 * scenario.expected / max(scenario.rate, 1.0))),
+                *(["--compression"] if scenario.compression else []),
             ],
             stdout=subprocess.PIPE,
             text=True,

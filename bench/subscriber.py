@@ -74,13 +74,14 @@ class Subscriber:
     url: str
     expected: int
     parse: bool
+    compression: bool
     latencies: Latencies
     received: int = 0
     first: float = 0.0
     last: float = 0.0
 
     async def run(self, ready: trio.Semaphore, done: trio.Event) -> None:
-        transport = SansIOTransport()
+        transport = SansIOTransport(compression=self.compression)
         async with transport.connect(self.url, max_message_bytes=1 << 28, open_timeout=30) as ws:
             while not await ws.receive_messages():  # {"type": "connected"}
                 pass
@@ -114,10 +115,17 @@ class Subscriber:
 
 
 async def main(
-    url: str, expected: int, connections: int, parse: bool, give_up_after: float
+    url: str,
+    expected: int,
+    connections: int,
+    parse: bool,
+    compression: bool,
+    give_up_after: float,
 ) -> dict[str, object]:
     latencies = Latencies()
-    subscribers = [Subscriber(url, expected, parse, latencies) for _ in range(connections)]
+    subscribers = [
+        Subscriber(url, expected, parse, compression, latencies) for _ in range(connections)
+    ]
     ready = trio.Semaphore(0, max_value=connections)
     with trio.move_on_after(give_up_after):
         async with trio.open_nursery() as nursery:
@@ -155,6 +163,9 @@ if __name__ == "__main__":
     parser.add_argument("expected", type=int, help="records each connection should receive")
     parser.add_argument("--connections", type=int, default=1)
     parser.add_argument("--parse", action="store_true", help="parse every frame")
+    parser.add_argument(
+        "--compression", action="store_true", help="offer permessage-deflate, as browsers do"
+    )
     parser.add_argument("--timeout", type=float, default=300)
     args = parser.parse_args()
     result = trio.run(
@@ -163,6 +174,7 @@ if __name__ == "__main__":
         args.expected,
         args.connections,
         args.parse or args.connections == 1,
+        args.compression,
         args.timeout,
     )
     sys.stdout.write(orjson.dumps(result).decode() + "\n")

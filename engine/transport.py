@@ -100,9 +100,11 @@ class SansIOTransport:
     """The ``websockets`` Sans-I/O protocol on a Trio TCP (or TLS) stream.
 
     ``opener`` makes the byte stream; tests pass one that returns in-memory streams.
+    ``compression`` offers permessage-deflate (exchanges that accept it send less).
     """
 
     opener: StreamOpener = open_stream
+    compression: bool = True
     name = "websockets"
 
     @contextlib.asynccontextmanager
@@ -123,7 +125,7 @@ class SansIOTransport:
         try:
             with trio.fail_after(open_timeout):
                 stream = await self.opener(uri.host, uri.port, uri.secure)
-                conn = _SansIOConnection(stream, uri, max_message_bytes)
+                conn = _SansIOConnection(stream, uri, max_message_bytes, self.compression)
                 try:
                     await conn.handshake(headers or {})
                 except BaseException:
@@ -144,12 +146,14 @@ class SansIOTransport:
 
 
 class _SansIOConnection:
-    def __init__(self, stream: trio.abc.Stream, uri: object, max_message_bytes: int) -> None:
+    def __init__(
+        self, stream: trio.abc.Stream, uri: object, max_message_bytes: int, compression: bool
+    ) -> None:
         self._stream = stream
         self._protocol = ClientProtocol(
             uri,  # type: ignore[arg-type]
             max_size=max_message_bytes,
-            extensions=[ClientPerMessageDeflateFactory()],
+            extensions=[ClientPerMessageDeflateFactory()] if compression else None,
         )
         self._send_lock = trio.Lock()
         self._events: list[Request | Response | Frame] = []

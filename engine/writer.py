@@ -1,8 +1,9 @@
 """The batching writer actor: records in, committed records (with database ids) out.
 
-It collects records until ``batch_size`` are waiting or the oldest has waited
-``max_age`` seconds, writes them with binary COPY in one transaction, and only after the
-commit hands them to the broadcast hub, so a realtime ``id`` is always a database id.
+It writes what has arrived as soon as no write is running; while one is, records gather
+until ``batch_size`` are waiting, the oldest has waited ``max_age`` seconds, or the write
+ends (group commit). Each batch is written with binary COPY in one transaction, and only
+after the commit handed to the broadcast hub, so a realtime ``id`` is always a database id.
 Up to ``concurrency`` batches are written at once (each on its own connection), so Python
 formats one batch while PostgreSQL works on the previous; batches are still handed on in
 the order they were formed.
@@ -101,6 +102,8 @@ class BatchWriter:
     _taken: int = 0  # records ever taken in; with _flushed, says which tickets are done
     _flushed: int = 0
     _in_flight: int = 0  # records at the front of _pending handed to a running flush
+    _writing: int = 0  # flushes running
+    _linger: trio.CancelScope | None = None  # set while gathering records behind a write
     flush_seconds: Histogram = attrs.field(
         factory=lambda: Histogram((0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0))
     )
@@ -112,7 +115,7 @@ class BatchWriter:
         task_status.started()
         # Records taken but not yet published stay in _pending; after a crash and restart
         # they are all written again (deduplication makes that safe).
-        self._in_flight = 0
+        self._in_flight = self._writing = 0
         slots = trio.Semaphore(self.concurrency)
         previous: trio.Event | None = None
         async with trio.open_nursery() as nursery:
@@ -126,6 +129,7 @@ class BatchWriter:
                     slots.release()
                     continue
                 self._in_flight += len(chunk)
+                self._writing += 1
                 done = trio.Event()
                 nursery.start_soon(self._flush, chunk, previous, done, slots)
                 previous = done
@@ -134,22 +138,37 @@ class BatchWriter:
             ticket.done.set()
 
     async def _collect(self) -> bool:
-        """Take records until a batch is waiting or the oldest waited ``max_age``.
+        """Take records for the next batch; returns False once the input has ended.
 
-        Returns False once the input has ended.
+        Group commit: when no write is running, whatever has arrived is written at once,
+        so a quiet feed is stored (and broadcast) within one write's time. While a write
+        runs, records gather until a batch is full, the oldest has waited ``max_age``, or
+        the write finishes — so batches grow with the load, and throughput with them.
         """
+        receive = self.receive_channel
         if len(self._pending) == self._in_flight:
             try:
-                self._take(await self.receive_channel.receive())
+                self._take(await receive.receive())
             except trio.EndOfChannel:
                 return False
         deadline = trio.current_time() + self.max_age
         while len(self._pending) - self._in_flight < self.batch_size:
-            with trio.move_on_at(deadline):
+            try:
+                self._take(receive.receive_nowait())
+                continue
+            except trio.WouldBlock:
+                pass
+            except trio.EndOfChannel:
+                return False
+            if not self._writing:
+                break
+            with trio.move_on_at(deadline) as self._linger:
                 try:
-                    self._take(await self.receive_channel.receive())
+                    self._take(await receive.receive())
                 except trio.EndOfChannel:
                     return False
+                finally:
+                    self._linger = None
                 continue
             break
         return True
@@ -194,6 +213,9 @@ class BatchWriter:
             while self._tickets and self._tickets[0]._end <= self._flushed:
                 self._tickets.pop(0).done.set()
         finally:
+            self._writing -= 1
+            if not self._writing and self._linger is not None:
+                self._linger.cancel()  # the writer is idle: write what has gathered
             done.set()
             slots.release()
 
