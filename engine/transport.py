@@ -159,6 +159,10 @@ class _SansIOConnection:
         self._events: list[Request | Response | Frame] = []
         self._fragments: list[bytes] = []
         self._fragment_opcode: Opcode | None = None
+        self._max_message_bytes = max_message_bytes
+        self._partial = b""  # bytes after the last whole frame (fast path)
+        self._fast = True  # False once the protocol has been handed a partial frame
+        self._ready: list[bytes] = []  # messages taken, in order, not yet returned
         self.binary_messages = 0
         self.oversized_messages = 0
         self.pongs = 0
@@ -169,8 +173,26 @@ class _SansIOConnection:
             request.headers[name] = value
         self._protocol.send_request(request)
         await self._flush()
+        head = b""
         while True:
-            await self._read()
+            # Only the response head goes to the protocol, so that it stands at a frame
+            # boundary afterwards and whole frames can bypass it (see _take_frames).
+            data = await self._receive()
+            if not data:
+                self._give_up(b"")
+                self._protocol.receive_eof()
+            elif not self._fast or head.endswith(b"\r\n\r\n"):
+                self._protocol.receive_data(data)
+            else:
+                head += data
+                end = head.find(b"\r\n\r\n")
+                if end < 0:
+                    self._protocol.receive_data(data)
+                else:
+                    cut = len(data) - (len(head) - (end + 4))
+                    self._protocol.receive_data(data[:cut])
+                    self._partial = data[cut:]
+                    head = head[: end + 4]
             events = self._protocol.events_received()
             for i, event in enumerate(events):
                 if isinstance(event, Response):
@@ -179,9 +201,14 @@ class _SansIOConnection:
                             f"handshake refused: {self._protocol.handshake_exc}", "connect_failed"
                         ) from self._protocol.handshake_exc
                     self._events = events[i + 1 :]
+                    self._ready = self._take_messages()
+                    if self._fast and self._partial:
+                        self._take_frames(self._partial)
                     return
             if self._protocol.state is State.CLOSED:
                 raise SourceUnavailable("connection closed during the handshake", "connect_failed")
+            if self._partial:  # a head with no response yet: a refusal with a body
+                self._give_up(self._partial)
 
     async def send_text(self, text: str) -> None:
         self._protocol.send_text(text.encode())
@@ -193,8 +220,10 @@ class _SansIOConnection:
 
     async def receive_messages(self) -> list[bytes]:
         while True:
-            messages = self._take_messages()
+            await self._answer()
+            messages = self._ready
             if messages:
+                self._ready = []
                 return messages
             protocol = self._protocol
             if protocol.close_rcvd is not None:
@@ -208,15 +237,20 @@ class _SansIOConnection:
                 kind = "protocol" if cause is not None else "closed"
                 raise SourceUnavailable(f"connection failed: {cause or 'closed'}", kind) from cause
             await self._read()
-            # Pongs and close replies the protocol queued. Shielded: a send cut in half by
-            # the caller's timeout would corrupt the stream.
-            with trio.move_on_after(CLOSE_TIMEOUT, shield=True) as scope:
-                await self._flush()
-            if scope.cancelled_caught:
-                raise SourceUnavailable("the source stopped reading our frames", "protocol")
-            self._events = self._protocol.events_received()
+
+    async def _answer(self) -> None:
+        """Send the pongs and close replies the protocol queued. Shielded: a send cut in
+        half by the caller's timeout would corrupt the stream."""
+        chunks = self._protocol.data_to_send()
+        if not chunks:
+            return
+        with trio.move_on_after(CLOSE_TIMEOUT, shield=True) as scope:
+            await self._send(chunks)
+        if scope.cancelled_caught:
+            raise SourceUnavailable("the source stopped reading our frames", "protocol")
 
     def _take_messages(self) -> list[bytes]:
+        self._events.extend(self._protocol.events_received())
         out: list[bytes] = []
         for event in self._events:
             if not isinstance(event, Frame):
@@ -244,18 +278,88 @@ class _SansIOConnection:
         else:
             self.binary_messages += 1
 
-    async def _read(self) -> None:
+    async def _receive(self) -> bytes:
         try:
-            data = await self._stream.receive_some(RECEIVE_BYTES)
+            return bytes(await self._stream.receive_some(RECEIVE_BYTES))
         except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             raise SourceUnavailable(f"connection lost: {exc.__class__.__name__}") from exc
-        if data:
+
+    async def _read(self) -> None:
+        data = await self._receive()
+        if self._fast and data:
+            self._take_frames(self._partial + data if self._partial else data)
+            return
+        if self._fast:  # end of stream: let the protocol judge what is left
+            self._give_up(self._partial)
+        elif data:
             self._protocol.receive_data(data)
         else:
             self._protocol.receive_eof()
+        self._ready.extend(self._take_messages())
+
+    def _take_frames(self, data: bytes) -> None:
+        """Take every complete frame in ``data``, in order; keep the rest for later.
+
+        A final, unmasked, uncompressed text frame of acceptable size, outside a fragmented
+        message, is the common case: its payload is taken directly, several times cheaper
+        than the general parser. Like the protocol, this does not check UTF-8: the processor
+        rejects such a message as ``invalid_utf8``. Any other complete frame (control
+        frames, fragments, compressed or binary messages) is handed whole to the
+        ``websockets`` protocol, which therefore always stands at a frame boundary. A frame
+        larger than allowed goes to the protocol too, which fails the connection as it
+        should; from then on every byte goes to the protocol.
+        """
+        protocol = self._protocol
+        ready = self._ready
+        limit = self._max_message_bytes
+        size = len(data)
+        pos = 0
+        while size - pos >= 2:
+            b0 = data[pos]
+            b1 = data[pos + 1]
+            length = b1 & 0x7F
+            start = pos + 2
+            if length == 126:
+                if size - pos < 4:
+                    break
+                length = int.from_bytes(data[pos + 2 : pos + 4], "big")
+                start = pos + 4
+            elif length == 127:
+                if size - pos < 10:
+                    break
+                length = int.from_bytes(data[pos + 2 : pos + 10], "big")
+                start = pos + 10
+            if b1 & 0x80:
+                start += 4  # masked: a server must not; the protocol will say so
+            if length > limit:
+                self._give_up(data[pos:])
+                return
+            end = start + length
+            if end > size:
+                break
+            if b0 == 0x81 and not b1 & 0x80 and self._fragment_opcode is None:
+                ready.append(data[start:end])
+            else:
+                protocol.receive_data(data[pos:end])
+                ready.extend(self._take_messages())
+                if protocol.state is not State.OPEN or protocol.parser_exc is not None:
+                    self._give_up(data[end:])
+                    return
+            pos = end
+        self._partial = data[pos:]
+
+    def _give_up(self, rest: bytes) -> None:
+        """Hand ``rest`` to the protocol, and every byte after it from now on."""
+        self._fast = False
+        self._partial = b""
+        if rest:
+            self._protocol.receive_data(rest)
+        self._ready.extend(self._take_messages())
 
     async def _flush(self) -> None:
-        chunks = self._protocol.data_to_send()
+        await self._send(self._protocol.data_to_send())
+
+    async def _send(self, chunks: list[bytes]) -> None:
         if not chunks:
             return
         async with self._send_lock:
