@@ -35,6 +35,7 @@ class Settings:
     pool_timeout: float = 10.0
     batch_size: int = 2000
     write_concurrency: int = 2
+    gc_freeze: bool = False  # from_env turns it on: a server process, not a test
     batch_max_age: float = 0.05
     drain_timeout: float = 10.0
     max_frame_bytes: int = 4 * 1024 * 1024
@@ -77,6 +78,7 @@ class Settings:
             pool_timeout=_float(env, "SLUICE_POOL_TIMEOUT", 10.0, 0.1, 3600),
             batch_size=_int(env, "SLUICE_BATCH_SIZE", 2000, 1, 100_000),
             write_concurrency=_int(env, "SLUICE_WRITE_CONCURRENCY", 2, 1, 8),
+            gc_freeze=_bool(env, "SLUICE_GC_FREEZE", True),
             batch_max_age=_int(env, "SLUICE_BATCH_MAX_AGE_MS", 50, 1, 60_000) / 1000,
             drain_timeout=_float(env, "SLUICE_DRAIN_TIMEOUT", 10.0, 0.0, 3600),
             max_frame_bytes=_int(env, "SLUICE_MAX_FRAME_BYTES", 4 * 1024 * 1024, 1024, 2**30),
@@ -115,9 +117,11 @@ def _dsn_from_env(env: Mapping[str, str]) -> str | None:
     return f"postgresql://{auth}@{host}:{port}/{db}"
 
 
-def _bool(env: Mapping[str, str], name: str) -> bool:
+def _bool(env: Mapping[str, str], name: str, default: bool = False) -> bool:
     raw = (env.get(name) or "").strip().lower()
-    if raw in ("", "0", "false", "no", "off"):
+    if not raw:
+        return default
+    if raw in ("0", "false", "no", "off"):
         return False
     if raw in ("1", "true", "yes", "on"):
         return True

@@ -13,6 +13,7 @@ seconds; past that everything is cancelled and what was dropped is logged with c
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -251,6 +252,8 @@ class Engine:
                     sampler_scope = trio.CancelScope()
                     inner.start_soon(_in_scope, sampler_scope, self._sample_channels)
                     self.accepting = True
+                    if s.gc_freeze:
+                        freeze_startup_objects()
                     logger.info("engine ready")
                     task_status.started(self)
                     await self._stop.wait()
@@ -287,6 +290,18 @@ class Engine:
 async def _in_scope(scope: trio.CancelScope, run: Callable[[], Awaitable[None]]) -> None:
     with scope:
         await run()
+
+
+def freeze_startup_objects() -> None:
+    """Move every object alive after start-up out of the garbage collector's sight.
+
+    Measured under load: each full collection walked the whole server (Quart, hypercorn,
+    psycopg, the modules) and paused every task for 35 to 60 ms about once a second, while
+    collecting nothing. Frozen objects are still freed by reference counting; only cycles
+    among them would stay, and start-up leaves none worth chasing (collected just before).
+    """
+    gc.collect()
+    gc.freeze()
 
 
 def _ready(value: T | None) -> T:

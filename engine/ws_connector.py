@@ -48,6 +48,7 @@ from .transport import Connection, Transport
 
 logger = logging.getLogger(__name__)
 
+MAX_BATCH_FRAMES = 500  # frames per batch handed to the processor
 FLUSH_ON_STOP_SECONDS = 5.0
 
 
@@ -295,27 +296,36 @@ class WebSocketConnector:
                 self._wakeup = trio.Event()
                 await self._wakeup.wait()
                 continue
-            frames, times = self._frames, self._times
+            backlog, backlog_times = self._frames, self._times
             self._frames, self._times = [], []
-            size = sum(len(f) for f in frames)
-            batch = SourceBatch(
-                self.connector_id, self.spec.exchange, frames, times, self._normalizer
-            )
-            try:
-                if self._reading_done:
-                    with trio.move_on_after(FLUSH_ON_STOP_SECONDS, shield=True) as scope:
-                        await self.send_channel.send(batch)
-                    if scope.cancelled_caught:
-                        logger.error(
-                            "connector %s: %d buffered messages not forwarded on stop",
-                            self.connector_id,
-                            len(frames),
-                        )
-                        return
-                else:
+            # Bounded batches: the processor normalizes one batch per task step, and a
+            # backlog of thousands of frames in one step would stall every other task.
+            for start in range(0, len(backlog), MAX_BATCH_FRAMES):
+                frames = backlog[start : start + MAX_BATCH_FRAMES]
+                times = backlog_times[start : start + MAX_BATCH_FRAMES]
+                if not await self._send_batch(frames, times):
+                    logger.error(
+                        "connector %s: %d buffered messages not forwarded on stop",
+                        self.connector_id,
+                        len(backlog) - start + len(self._frames),
+                    )
+                    return
+
+    async def _send_batch(self, frames: list[bytes | str], times: list[float]) -> bool:
+        """Hand one batch to the processor; False if it had to be dropped on stop."""
+        size = sum(len(f) for f in frames)
+        batch = SourceBatch(self.connector_id, self.spec.exchange, frames, times, self._normalizer)
+        try:
+            if self._reading_done:
+                with trio.move_on_after(FLUSH_ON_STOP_SECONDS, shield=True) as scope:
                     await self.send_channel.send(batch)
-            finally:
-                self._buffered_bytes -= size
+                if scope.cancelled_caught:
+                    return False
+            else:
+                await self.send_channel.send(batch)
+        finally:
+            self._buffered_bytes -= size
+        return True
 
     def statistics(self) -> WebSocketStatistics:
         conn = self._connection
