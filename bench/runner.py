@@ -19,6 +19,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
@@ -149,6 +150,11 @@ def process(
                 raise RuntimeError(f"{args} did not start")
         else:
             raise RuntimeError(f"{args} exited before it was ready")
+        # Keep reading what it prints, so a full pipe never blocks it; keep the lines.
+        lines: list[str] = []
+        drain = threading.Thread(target=lambda: lines.extend(proc.stdout or ()), daemon=True)
+        drain.start()
+        _output[proc.pid] = lines
         yield proc, line
     finally:
         with contextlib.suppress(ProcessLookupError):
@@ -158,6 +164,14 @@ def process(
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+_output: dict[int, list[str]] = {}
+
+
+def output_of(proc: subprocess.Popen[str]) -> list[str]:
+    """Lines a helper process printed after it was ready (so far)."""
+    return _output.get(proc.pid, [])
 
 
 def transport_ceiling(n: int) -> float:
@@ -441,6 +455,11 @@ def run_scenario(
         rows = int(row[0] + row[1])
         progress.done(f"{scenario.key}: done in {elapsed:.1f} s")
         second_half = [(t, r) for t, r in rss if t >= elapsed / 2]
+        steps = [
+            float(m.group(1))
+            for text in output_of(server)
+            if (m := re.search(r"slow task step: .* took ([0-9.]+) ms", text))
+        ]
         result: dict[str, Any] = {
             "key": scenario.key,
             "scenario": scenario.name,
@@ -462,11 +481,17 @@ def run_scenario(
             "load_us_per_record": 1e6 * used["load"] / max(rows, 1),
             "peak_rss_mib": max(r for _, r in rss),
             "rss_slope_mib_per_min": _slope(second_half) * 60 if scenario.soak else None,
+            "slow_steps": len(steps),
+            "slowest_step_ms": max(steps, default=0.0),
             "gaps": int(metrics.get("sluice_connector_messages_gap_total", 0)),
             "rejected": int(metrics.get("sluice_connector_messages_rejected_total", 0)),
         }
+        final = parse_metrics(client.get("/metrics").text)
+        flush = "sluice_writer_flush_seconds"
+        result["flush_p50_ms"] = 1000 * histogram_quantile(final, metrics_before, flush, 0.5)
+        result["flush_p99_ms"] = 1000 * histogram_quantile(final, metrics_before, flush, 0.99)
+        result["batches"] = int(final.get("sluice_writer_batches_total", 0))
         if scenario.rest_connectors:
-            final = parse_metrics(client.get("/metrics").text)
             name = "sluice_rest_tick_lateness_seconds"
             result["ticks"] = int(
                 final.get(f"{name}_count", 0) - metrics_before.get(f"{name}_count", 0)
@@ -523,10 +548,11 @@ def _reap(proc: subprocess.Popen[str]) -> None:
 
 def _command(proxy: subprocess.Popen[str], command: str) -> None:
     assert proxy.stdin is not None
-    assert proxy.stdout is not None
     proxy.stdin.write(command + "\n")
     proxy.stdin.flush()
-    proxy.stdout.readline()  # OK <command>
+    deadline = time.monotonic() + 10
+    while f"OK {command}\n" not in output_of(proxy) and time.monotonic() < deadline:
+        time.sleep(0.01)
 
 
 def _least(values: Iterable[float]) -> float:
