@@ -101,6 +101,10 @@ class Engine:
     def request_stop(self) -> None:
         self._stop.set()
 
+    async def _probe_lag(self) -> None:
+        if self.instrument is not None:
+            await self.instrument.probe_lag()
+
     async def _sample_channels(self) -> None:
         """Remember each pipeline channel's peak use (sampled every 50 ms)."""
         while True:
@@ -251,6 +255,8 @@ class Engine:
                     inner.start_soon(_in_scope, retention_scope, self.supervisors[4].run)
                     sampler_scope = trio.CancelScope()
                     inner.start_soon(_in_scope, sampler_scope, self._sample_channels)
+                    probe_scope = trio.CancelScope()
+                    inner.start_soon(_in_scope, probe_scope, self._probe_lag)
                     self.accepting = True
                     if s.gc_freeze:
                         freeze_startup_objects()
@@ -263,6 +269,7 @@ class Engine:
                     self._ingest.close()
                     retention_scope.cancel()
                     sampler_scope.cancel()
+                    probe_scope.cancel()
                     manager.shutdown()
                     inner.cancel_scope.deadline = deadline
                 journal.close()

@@ -28,6 +28,7 @@ from .normalize import Context, Control, decode, normalizer_for
 
 logger = logging.getLogger(__name__)
 
+COALESCE_RECORDS = 2000  # stop gathering waiting batches beyond this many records
 LOG_FIRST_REJECTS = 10
 LOG_EVERY_REJECT = 1000
 
@@ -67,8 +68,16 @@ class Processor:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
-        async for batch in self.receive_channel:
+        receive = self.receive_channel
+        async for batch in receive:
             records = self.process(batch)
+            # Many small batches (hundreds of quiet connectors, REST polls) waiting at once
+            # go on as one list: one hop to the writer instead of one per batch.
+            while len(records) < COALESCE_RECORDS:
+                try:
+                    records += self.process(receive.receive_nowait())
+                except (trio.WouldBlock, trio.EndOfChannel):
+                    break
             if records:
                 await self.send_channel.send(records)
         self.send_channel.close()

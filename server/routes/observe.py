@@ -212,7 +212,7 @@ async def metrics() -> Response:
     if instrument is not None:
         out.histogram(
             "sluice_loop_lag_seconds",
-            "Time from a task becoming runnable to running.",
+            "How late a task sleeping 10 ms wakes up (event-loop lag).",
             instrument.loop_lag,
         )
         out.family(
