@@ -21,6 +21,7 @@ from .runner import (
     Scenario,
     finite,
     fresh_database,
+    http_client_ceiling,
     machine,
     naive_baseline,
     postgres,
@@ -242,6 +243,14 @@ def report(
         f"| store ceiling: binary COPY of the firehose's rows, 2,000 per batch, no network "
         f"| {store:,.0f} rows/s |",
         f"| transport ceiling: receive + parse only, no storage | {transport:,.0f} msg/s |",
+    ]
+    if "http_cores" in baselines:
+        lines.append(
+            f"| HTTP client alone (httpx on Trio), {baselines['http_requests_per_s']:,.0f} "
+            f"GET/s from one-second tickers, nothing stored | {baselines['http_cores']:.2f} "
+            f"cores; tick lateness p99 {baselines['http_tick_p99_ms']:.0f} ms |"
+        )
+    lines += [
         "",
         "## Targets\n",
         "| scenario | target | measured | met |",
@@ -389,6 +398,11 @@ def main(argv: list[str] | None = None) -> int:
                 "store": store_ceiling(dsn, n),
             }
         baselines["transport"] = transport_ceiling(n)
+        rest = [s for s, _ in plan if s.rest_connectors]
+        if rest:
+            progress.done("baseline: the HTTP client alone at the REST scenario's load …")
+            http = http_client_ceiling(rest[0].rest_connectors, 3 if args.smoke else 15)
+            baselines.update({f"http_{k}": v for k, v in http.items()})
         for scenario, target in plan:
             profile = f"{args.profile}/{scenario.key}.svg" if args.profile else None
             rows.append((scenario, target, run_scenario(admin, scenario, progress, profile)))

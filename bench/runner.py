@@ -194,6 +194,48 @@ def transport_ceiling(n: int) -> float:
         return trio.run(run)
 
 
+def http_client_ceiling(pollers: int, seconds: float) -> dict[str, float]:
+    """The HTTP client alone: ``pollers`` tasks, each a GET a second through one shared
+    httpx client (as the REST connectors share one) against the firehose; nothing stored.
+    Returns the CPU it used (cores) and the p99 of how late each tick started (ms)."""
+    with process(["-m", "bench.firehose", "--count", "0"], ready="PORT") as (_, line):
+        url = f"http://127.0.0.1:{line.split()[1]}/rest"
+
+        async def run() -> dict[str, float]:
+            late: list[float] = []
+            limits = httpx.Limits(max_connections=200, max_keepalive_connections=50)
+            async with httpx.AsyncClient(limits=limits) as client:
+
+                async def poll(offset: float, end: float) -> None:
+                    tick = trio.current_time() + offset
+                    while tick < end:
+                        await trio.sleep_until(tick)
+                        late.append(trio.current_time() - tick)
+                        async with client.stream("GET", url) as response:
+                            await response.aread()
+                        tick += 1.0
+                        while tick < trio.current_time():
+                            tick += 1.0
+
+                process_ = psutil.Process()
+                before = process_.cpu_times()
+                started = time.perf_counter()
+                end = trio.current_time() + seconds
+                async with trio.open_nursery() as nursery:
+                    for i in range(pollers):
+                        nursery.start_soon(poll, i / pollers, end)
+                after = process_.cpu_times()
+                elapsed = time.perf_counter() - started
+            late.sort()
+            return {
+                "cores": (after.user + after.system - before.user - before.system) / elapsed,
+                "tick_p99_ms": 1000 * late[int(0.99 * (len(late) - 1))] if late else math.nan,
+                "requests_per_s": len(late) / elapsed,
+            }
+
+        return trio.run(run)
+
+
 @contextlib.contextmanager
 def profiled(pid: int, output: str | None) -> Iterator[None]:
     """Sample ``pid`` with py-spy while the block runs; write a flame graph to ``output``
