@@ -272,6 +272,7 @@ class Scenario:
     stall_for: float = 0.0
     soak: bool = False  # sample RSS every second and report its slope
     compression: bool = False  # subscribers offer permessage-deflate
+    max_lag: int = 1_000_000  # SLUICE_REALTIME_MAX_LAG: max-rate runs let subscribers lag
 
     @property
     def expected(self) -> int:
@@ -395,7 +396,7 @@ def run_scenario(
             "SLUICE_ALLOW_PRIVATE_NETWORKS": "true",
             "SLUICE_DATA_DIR": tmp,
             "SLUICE_LOG_LEVEL": "INFO",
-            "SLUICE_REALTIME_MAX_LAG": "1000000",
+            "SLUICE_REALTIME_MAX_LAG": str(scenario.max_lag),
             "SLUICE_REALTIME_MAX_SUBSCRIBERS": str(max(1000, scenario.subscribers + 10)),
         }
         server, line = stack.enter_context(

@@ -116,6 +116,25 @@ def encode_event(item: StoredRecord) -> str:
     return orjson.dumps(record_event(item)).decode()
 
 
+class Frames(list[str]):
+    """Encoded frames handed to subscribers. Every subscriber with the same filter gets the
+    same object, so its batch-mode frame text is built once for all of them."""
+
+    __slots__ = ("_batch_text",)
+
+    def batch_text(self) -> str:
+        try:
+            return self._batch_text
+        except AttributeError:
+            self._batch_text: str = batch_frame(self)
+            return self._batch_text
+
+
+def batch_frame(frames: list[str]) -> str:
+    """One ``data_batch`` frame holding ``frames``."""
+    return '{"type":"data_batch","records":[' + ",".join(frames) + "]}"
+
+
 @attrs.define(eq=False)
 class Subscription:
     """One subscriber's end: batches of encoded JSON frames.
@@ -125,8 +144,8 @@ class Subscription:
     replaced at any time.
     """
 
-    _receive: trio.MemoryReceiveChannel[list[str]]
-    _send: trio.MemorySendChannel[list[str]]
+    _receive: trio.MemoryReceiveChannel[Frames]
+    _send: trio.MemorySendChannel[Frames]
     filter: Filter = EVERYTHING
     closed_reason: str | None = None
     queued: int = 0
@@ -135,7 +154,7 @@ class Subscription:
     def __aiter__(self) -> Subscription:
         return self
 
-    async def __anext__(self) -> list[str]:
+    async def __anext__(self) -> Frames:
         try:
             batch = await self._receive.receive()
         except (trio.EndOfChannel, trio.ClosedResourceError):
@@ -143,6 +162,19 @@ class Subscription:
         self.queued -= len(batch)
         self.delivered += len(batch)
         return batch
+
+    def waiting(self) -> list[Frames]:
+        """The batches already queued, taken without waiting (for a subscriber that fell
+        behind to catch up in fewer, larger frames)."""
+        taken: list[Frames] = []
+        while True:
+            try:
+                batch = self._receive.receive_nowait()
+            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                return taken
+            self.queued -= len(batch)
+            self.delivered += len(batch)
+            taken.append(batch)
 
 
 @attrs.frozen
@@ -180,7 +212,7 @@ class BroadcastHub:
         """Register a subscriber; raises :class:`TooManySubscribers` at the cap."""
         if self.full:
             raise TooManySubscribers(f"at most {self.max_subscribers} realtime subscribers")
-        send, receive = trio.open_memory_channel[list[str]](QUEUE_BATCHES)
+        send, receive = trio.open_memory_channel[Frames](QUEUE_BATCHES)
         sub = Subscription(receive, send, filter_)
         self._subscribers.add(sub)
         try:
@@ -206,16 +238,16 @@ class BroadcastHub:
         if not self._subscribers:
             return
         started = time.perf_counter()
-        frames = [encode_event(item) for item in batch]
+        frames = Frames([encode_event(item) for item in batch])
         self.frames_encoded += len(frames)
         for sub in list(self._subscribers):
             f = sub.filter
             if f is EVERYTHING or f.everything:
                 self._offer(sub, frames)
             else:
-                chosen = [
+                chosen = Frames(
                     frame for item, frame in zip(batch, frames, strict=True) if f.accepts(item)
-                ]
+                )
                 if chosen:
                     self._offer(sub, chosen)
         self.fanout_seconds.observe(time.perf_counter() - started)
@@ -223,14 +255,14 @@ class BroadcastHub:
     def publish_notice(self, notice: Notice) -> int:
         """Send a notice to every subscriber that wants it; return how many got it."""
         self.notices += 1
-        frame = [orjson.dumps(notice.payload).decode()]
+        frame = Frames([orjson.dumps(notice.payload).decode()])
         delivered = 0
         for sub in list(self._subscribers):
             if sub.filter.accepts_notice(notice) and self._offer(sub, frame):
                 delivered += 1
         return delivered
 
-    def _offer(self, sub: Subscription, frames: list[str]) -> bool:
+    def _offer(self, sub: Subscription, frames: Frames) -> bool:
         try:
             if sub.queued + len(frames) > self.max_lag:
                 raise trio.WouldBlock

@@ -28,7 +28,7 @@ import orjson
 import trio
 from quart import Blueprint, Response, websocket
 
-from engine.hub import Filter, Notice, Subscription
+from engine.hub import Filter, Notice, Subscription, batch_frame
 
 from ..context import engine, json_body
 from ..responses import detail, json_response
@@ -112,10 +112,20 @@ async def realtime() -> Response | None:
             nursery.start_soon(_listen, sub, mode)
             async for frames in sub:
                 if mode["batch"]:
-                    await _send('{"type":"data_batch","records":[' + ",".join(frames) + "]}")
+                    # Behind? Send everything queued as one frame. Else the frame text
+                    # shared by every subscriber with the same filter.
+                    more = sub.waiting()
+                    if more:
+                        everything = list(frames)
+                        for queued in more:
+                            everything += queued
+                        await _send(batch_frame(everything))
+                    else:
+                        await _send(frames.batch_text())
                 else:
-                    for frame in frames:
-                        await _send(frame)
+                    for queued in [frames, *sub.waiting()]:
+                        for frame in queued:
+                            await _send(frame)
             nursery.cancel_scope.cancel()
         reason = sub.closed_reason
     if reason == "lagged":
