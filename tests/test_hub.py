@@ -82,3 +82,21 @@ async def test_no_subscribers_means_no_serialization() -> None:
     h = hub()
     h.publish([stored(1), stored(2)])
     assert h.statistics().frames_encoded == 0
+
+
+async def test_subscribers_share_one_batch_frame_and_laggards_catch_up_in_one() -> None:
+    h = BroadcastHub(trio.open_memory_channel[list[StoredRecord]](0)[1], max_lag=100)
+    with h.subscribe() as first, h.subscribe() as second:
+        h.publish([stored(1), stored(2)])
+        h.publish([stored(3)])
+        a = await first.__anext__()
+        b = await second.__anext__()
+        assert a is b  # the same encoded frames object for the same filter ...
+        assert a.batch_text() is b.batch_text()  # ... so the batch frame is built once
+        frame = orjson.loads(a.batch_text())
+        assert frame["type"] == "data_batch"
+        assert [r["id"] for r in frame["records"]] == [1, 2]
+        waiting = first.waiting()  # what is already queued, without waiting
+        assert [[orjson.loads(f)["id"] for f in batch] for batch in waiting] == [[3]]
+        assert first.waiting() == []
+        assert (first.queued, first.delivered) == (0, 3)
