@@ -35,6 +35,7 @@ class Settings:
     pool_timeout: float = 10.0
     batch_size: int = 2000
     write_concurrency: int = 2
+    http_client: str = "lean"  # REST pollers: "lean" (own connection each) or "httpx"
     gc_freeze: bool = False  # from_env turns it on: a server process, not a test
     batch_max_age: float = 0.05
     drain_timeout: float = 10.0
@@ -78,6 +79,7 @@ class Settings:
             pool_timeout=_float(env, "SLUICE_POOL_TIMEOUT", 10.0, 0.1, 3600),
             batch_size=_int(env, "SLUICE_BATCH_SIZE", 2000, 1, 100_000),
             write_concurrency=_int(env, "SLUICE_WRITE_CONCURRENCY", 2, 1, 8),
+            http_client=_choice(env, "SLUICE_HTTP_CLIENT", "lean", ("lean", "httpx")),
             gc_freeze=_bool(env, "SLUICE_GC_FREEZE", True),
             batch_max_age=_int(env, "SLUICE_BATCH_MAX_AGE_MS", 50, 1, 60_000) / 1000,
             drain_timeout=_float(env, "SLUICE_DRAIN_TIMEOUT", 10.0, 0.0, 3600),

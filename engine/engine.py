@@ -13,6 +13,7 @@ seconds; past that everything is cancelled and what was dropped is logged with c
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 from collections.abc import Awaitable, Callable
@@ -173,15 +174,18 @@ class Engine:
             self.keyring = load_keyring(
                 s.encryption_key, s.encryption_keys, embedded=s.embedded, data_dir=s.data_dir
             )
-            async with (
-                Database.open(s) as db,
-                httpx.AsyncClient(
-                    transport=GuardedTransport(self.egress),
-                    timeout=httpx.Timeout(30.0, connect=10.0),
-                    follow_redirects=True,
-                    max_redirects=5,
-                ) as http,
-            ):
+            async with contextlib.AsyncExitStack() as stack:
+                db = await stack.enter_async_context(Database.open(s))
+                http = None
+                if s.http_client == "httpx":
+                    http = await stack.enter_async_context(
+                        httpx.AsyncClient(
+                            transport=GuardedTransport(self.egress),
+                            timeout=httpx.Timeout(30.0, connect=10.0),
+                            follow_redirects=True,
+                            max_redirects=5,
+                        )
+                    )
                 self._db = db
                 await self._run_actors(db, http, task_status)
         finally:
@@ -199,7 +203,10 @@ class Engine:
         return EgressPolicy.from_settings(s.allow_private_networks, s.egress_allow)
 
     async def _run_actors(
-        self, db: Database, http: httpx.AsyncClient, task_status: trio.TaskStatus[Engine]
+        self,
+        db: Database,
+        http: httpx.AsyncClient | None,
+        task_status: trio.TaskStatus[Engine],
     ) -> None:
         s = self.settings
         raw_send, raw_recv = trio.open_memory_channel[SourceBatch](RAW_BATCHES)

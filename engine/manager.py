@@ -30,6 +30,7 @@ from .auth import Credentials
 from .crypto import Keyring, SecretError, is_encrypted
 from .egress import EgressPolicy
 from .errors import NotFound, SinkUnavailable
+from .http_client import HttpClient, HttpxClient, PollingClient, open_plain
 from .metrics import Histogram
 from .models import (
     ConnectorSpec,
@@ -90,7 +91,7 @@ class ConnectorManager:
     buffer_limit_bytes: int = 64 * 1024 * 1024
     journal: Journal = no_journal
     keyring: Keyring | None = None
-    http: httpx.AsyncClient | None = None
+    http: httpx.AsyncClient | None = None  # set: REST pollers share it instead of PollingClient
     egress: EgressPolicy | None = None
     persist_interval: float = 2.0
     tick_lateness: Histogram = attrs.field(factory=lambda: Histogram(TICK_LATENESS_BUCKETS))
@@ -185,14 +186,19 @@ class ConnectorManager:
         headers = {k: self._reveal(spec, f"header:{k}", v) for k, v in spec.headers.items()}
         params = {k: self._reveal(spec, f"query:{k}", v) for k, v in spec.query_params.items()}
         if spec.protocol == "rest":
-            assert self.http is not None
             credentials = Credentials(
                 **{k: self._reveal(spec, k, v) for k, v in spec.credentials.items()}
             )
+            client: HttpClient
+            if self.http is not None:
+                client = HttpxClient(self.http)
+            else:
+                opener = self.egress.open_stream if self.egress is not None else open_plain
+                client = PollingClient(opener)
             return RestPoller(
                 spec,
                 send_channel,
-                self.http,
+                client,
                 credentials=credentials,
                 headers=headers,
                 query_params=params,

@@ -13,32 +13,29 @@ exponential backoff and jitter (at most ``retries`` times); a 429 waits at least
 without retry. Every error is counted and journaled with a redacted message. A denied
 destination (egress guard) is an error like any other. Bugs propagate to the supervisor.
 
-Resource handling: the shared ``httpx.AsyncClient`` belongs to the engine; the caller owns
-the send channel.
+Resource handling: the poller closes its HTTP client's kept connection when it stops (a
+shared httpx client belongs to the engine); the caller owns the send channel.
 """
 
 from __future__ import annotations
 
-import contextlib
 import email.utils
 import logging
 import math
 import time
 from datetime import UTC, datetime
-from typing import Any
 
 import attrs
-import httpx
 import orjson
 import trio
 
 from .auth import Credentials, sign
 from .backoff import Backoff
 from .errors import SourceUnavailable
+from .http_client import HttpClient, ResponseTooLarge
 from .metrics import Histogram
 from .models import ConnectorSpec, ErrorEvent, Journal, SourceBatch, no_journal
 from .normalize import Normalizer, normalizer_for
-from .redact import describe_http_error
 from .stopping import StopSwitch
 
 TICK_LATENESS_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0)
@@ -63,10 +60,6 @@ def retry_after_seconds(value: str | None, now: float) -> float | None:
     return min(max(0.0, when.timestamp() - now), MAX_RETRY_AFTER)
 
 
-class _TooLarge(Exception):
-    pass
-
-
 @attrs.frozen
 class RestStatistics:
     status: str
@@ -89,7 +82,7 @@ class RestStatistics:
 class RestPoller:
     spec: ConnectorSpec
     send_channel: trio.MemorySendChannel[SourceBatch]
-    client: httpx.AsyncClient
+    client: HttpClient
     credentials: Credentials = attrs.field(factory=Credentials, repr=False)
     headers: dict[str, str] = attrs.field(factory=dict, repr=False)
     query_params: dict[str, str] = attrs.field(factory=dict, repr=False)
@@ -147,6 +140,8 @@ class RestPoller:
                         next_tick += missed * interval
         finally:
             self.status = "stopped"
+            with trio.CancelScope(shield=True):
+                await self.client.aclose()
 
     async def poll_once(self) -> None:
         """One tick: the request, with retries; a usable response goes downstream."""
@@ -202,38 +197,30 @@ class RestPoller:
         self.requests += 1
         started = trio.current_time()
         try:
-            async with self.client.stream(
-                outgoing.method, outgoing.url, headers=outgoing.headers, content=outgoing.body
-            ) as response:
-                code = response.status_code
-                self.last_status_code = code
-                if code == 429:
-                    wait = retry_after_seconds(response.headers.get("Retry-After"), time.time())
-                    wait = max(wait if wait is not None else 0.0, self.backoff_base)
-                    self._not_before = trio.current_time() + wait
-                    self._error("rate_limited", f"HTTP 429; waiting {wait:g} s")
-                    return None
-                if 400 <= code < 500:
-                    self._error("http_status", f"HTTP {code}")
-                    return None
-                chunks, size = [], 0
-                body_iter: Any = response.aiter_bytes()  # an async generator: aclose()-able
-                async with contextlib.aclosing(body_iter) as body_chunks:
-                    async for chunk in body_chunks:  # decompressed: the cap is on real size
-                        size += len(chunk)
-                        if size > self.max_response_bytes:
-                            raise _TooLarge
-                        chunks.append(chunk)
-        except _TooLarge:
+            response = await self.client.request(
+                outgoing.method,
+                outgoing.url,
+                outgoing.headers,
+                outgoing.body,
+                self.max_response_bytes,
+            )
+        except ResponseTooLarge:
             self._error("oversized", f"response larger than {self.max_response_bytes} bytes")
             return None
-        except SourceUnavailable:
-            raise
-        except httpx.HTTPError as exc:
-            raise SourceUnavailable(describe_http_error(exc), "request_failed") from None
         elapsed_ms = (trio.current_time() - started) * 1000
         self.last_response_ms = elapsed_ms
-        return code, b"".join(chunks), elapsed_ms, time.time()
+        code = response.status
+        self.last_status_code = code
+        if code == 429:
+            wait = retry_after_seconds(response.headers.get("retry-after"), time.time())
+            wait = max(wait if wait is not None else 0.0, self.backoff_base)
+            self._not_before = trio.current_time() + wait
+            self._error("rate_limited", f"HTTP 429; waiting {wait:g} s")
+            return None
+        if 400 <= code < 500:
+            self._error("http_status", f"HTTP {code}")
+            return None
+        return code, response.body, elapsed_ms, time.time()
 
     def _error(self, kind: str, message: str) -> None:
         self.errors += 1

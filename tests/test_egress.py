@@ -10,6 +10,7 @@ import pytest
 import trio
 
 from engine.egress import EgressDenied, EgressPolicy, GuardedTransport, unwrap
+from engine.http_client import PollingClient
 
 STRICT = EgressPolicy()
 OPEN = EgressPolicy(allow_private=True)
@@ -130,3 +131,8 @@ async def test_redirect_to_a_denied_address_is_not_followed(nursery: trio.Nurser
         with pytest.raises(EgressDenied):
             await c.get(f"http://127.0.0.1:{port}/")
     assert len(hits) == 1  # the allowed first hop only
+    # The pollers' own client follows redirects through the same guard.
+    lean = PollingClient(policy.open_stream)
+    with pytest.raises(EgressDenied):
+        await lean.request("GET", f"http://127.0.0.1:{port}/", {}, None, 1000)
+    assert len(hits) == 2

@@ -10,6 +10,7 @@ import trio
 import trio.testing
 
 from engine.auth import Credentials
+from engine.http_client import HttpxClient
 from engine.models import ConnectorSpec, SourceBatch
 from engine.rest_poller import RestPoller, retry_after_seconds
 
@@ -41,7 +42,7 @@ def poller(
 
     client = httpx.AsyncClient(transport=httpx.MockTransport(record))
     send, receive = trio.open_memory_channel[SourceBatch](1000)
-    return RestPoller(spec_, send, client, **kw), receive, times  # type: ignore[arg-type]
+    return RestPoller(spec_, send, HttpxClient(client), **kw), receive, times  # type: ignore[arg-type]
 
 
 async def ok(request: httpx.Request) -> httpx.Response:
