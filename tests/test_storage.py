@@ -8,6 +8,7 @@ from decimal import Decimal
 
 import attrs
 import psycopg
+import pytest
 import trio
 
 from engine.config import Settings
@@ -15,7 +16,7 @@ from engine.models import ConnectorSpec, Record, StoredRecord
 from engine.retention import Retention
 from engine.storage import Database, migrations
 from engine.storage.connectors import insert_connector
-from engine.storage.records import insert_records
+from engine.storage.records import SMALL_BATCH, insert_records
 from engine.writer import BatchWriter
 
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
@@ -45,20 +46,27 @@ async def test_migrations_are_idempotent(settings: Settings) -> None:
         assert await db.run(migrations.applied_version) == migrations.latest_version()
 
 
-async def test_insert_is_exact_and_idempotent(settings: Settings, database_dsn: str) -> None:
+@pytest.mark.parametrize("filler", [0, SMALL_BATCH], ids=["insert-values", "copy"])
+async def test_insert_is_exact_and_idempotent(
+    settings: Settings, database_dsn: str, filler: int
+) -> None:
+    # A few rows take one INSERT … VALUES; more than SMALL_BATCH go by binary COPY.
+    extra = [record(1000 + i) for i in range(filler)]
     async with Database.open(settings) as db:
-        stored, duplicates = await db.run(insert_records, [record(1), record(2, price="42219.90")])
+        batch = [record(1), record(2, price="42219.90"), *extra]
+        stored, duplicates = await db.run(insert_records, batch)
         assert duplicates == 0
-        assert [s.record.dedup_key for s in stored] == ["t:BTC-USDT:1", "t:BTC-USDT:2"]
+        assert [s.record.dedup_key for s in stored][:2] == ["t:BTC-USDT:1", "t:BTC-USDT:2"]
         assert stored[0].id < stored[1].id
         # A retry after a lost commit reply inserts nothing twice.
-        again, duplicates = await db.run(insert_records, [record(1), record(2), record(3)])
-        assert duplicates == 2
+        again, duplicates = await db.run(insert_records, [record(1), record(2), record(3), *extra])
+        assert duplicates == 2 + filler
         assert [s.record.dedup_key for s in again] == ["t:BTC-USDT:3"]
     with psycopg.connect(database_dsn) as conn:
         rows = conn.execute(
             "SELECT price, size, data->>'tradeId', jsonb_typeof(data), data->'big'"
-            " FROM websocket_messages ORDER BY id"
+            " FROM websocket_messages WHERE dedup_key IN ('t:BTC-USDT:1', 't:BTC-USDT:2',"
+            " 't:BTC-USDT:3') ORDER BY id"
         ).fetchall()
     assert [r[0] for r in rows] == [Decimal("1.10"), Decimal("42219.90"), Decimal("1.10")]
     assert str(rows[1][0]) == "42219.90"  # digits as the source wrote them

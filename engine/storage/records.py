@@ -20,6 +20,8 @@ from .database import RawJsonb
 TABLES = {"websocket": "websocket_messages", "rest": "api_connector_data"}
 
 
+SMALL_BATCH = 64  # up to this many rows: one INSERT … VALUES instead of COPY
+
 _COPY = (
     "COPY sluice_staging_v3 (ord, connector_id, exchange, instrument, price, size, side,"
     ' message_type, "timestamp", received_at, data, dedup_key, bid_price, bid_size,'
@@ -101,6 +103,8 @@ def insert_records(
     """
     if not records:
         return [], 0
+    if len(records) <= SMALL_BATCH:
+        return _insert_values(conn, records)
     ids = [
         row[0]
         for row in conn.execute(
@@ -155,6 +159,52 @@ def _copy_direct(conn: psycopg.Connection[Any], ids: list[int], records: Sequenc
             copy.write_row(
                 (*row, r.batch_id) if websocket else (*row, r.status_code, r.response_time_ms)
             )
+
+
+def _insert_values(
+    conn: psycopg.Connection[Any], records: Sequence[Record]
+) -> tuple[list[StoredRecord], int]:
+    """A few rows: one ``INSERT … VALUES … ON CONFLICT DO NOTHING RETURNING`` round trip,
+    cheaper than COPY's several when a quiet feed commits a handful of records at a time."""
+    source = records[0].source
+    websocket = source == "websocket"
+    row = (
+        "(%s, %s, %s, %s::numeric, %s::numeric, %s, %s, %s, %s, %s::jsonb, %s,"
+        " %s::numeric, %s::numeric, %s::numeric, %s::numeric"
+        + (", %s)" if websocket else ", %s, %s)")
+    )
+    params: list[Any] = []
+    for r in records:
+        params += (
+            r.connector_id,
+            r.exchange,
+            r.instrument,
+            r.price,
+            r.size,
+            r.side,
+            r.message_type,
+            r.timestamp,
+            r.received_at,
+            r.data.decode(),
+            r.dedup_key,
+            r.bid_price,
+            r.bid_size,
+            r.ask_price,
+            r.ask_size,
+        )
+        params += (r.batch_id,) if websocket else (r.status_code, r.response_time_ms)
+    statement = (
+        f"INSERT INTO {TABLES[source]} (connector_id, exchange, instrument, price, size, side,"
+        ' message_type, "timestamp", received_at, data, dedup_key, bid_price, bid_size,'
+        f" ask_price, ask_size{_EXTRA[source]}) VALUES "
+        + ", ".join([row] * len(records))
+        + " ON CONFLICT DO NOTHING RETURNING id, connector_id, dedup_key"
+    )
+    inserted = conn.execute(statement.encode(), params).fetchall()
+    by_key = {(r.connector_id, r.dedup_key): r for r in records}
+    stored = [StoredRecord(id=row[0], record=by_key[(row[1], row[2])]) for row in inserted]
+    stored.sort(key=lambda s: s.id)
+    return stored, len(records) - len(stored)
 
 
 def _insert_deduplicated(
