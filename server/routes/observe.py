@@ -83,9 +83,10 @@ async def metrics() -> Response:
     out = Exposition()
     manager = eng.manager
     rows = []
-    for cid in manager.known():
-        status = manager.status(cid)
-        rows.append((cid, status))
+    for i, cid in enumerate(manager.known()):
+        rows.append((cid, manager.status(cid)))
+        if i % 100 == 99:  # a thousand connectors took ~25 ms: let the pollers run between
+            await trio.lowlevel.checkpoint()
     per = [
         ("sluice_connector_messages_received_total", "messages received", "messages_received"),
         ("sluice_connector_records_committed_total", "records committed", "records_stored"),
@@ -113,7 +114,9 @@ async def metrics() -> Response:
         ),
     )
     latency = []
-    for cid in manager.known():
+    for i, cid in enumerate(manager.known()):
+        if i % 100 == 99:
+            await trio.lowlevel.checkpoint()
         entry = manager.actor_statistics(cid)
         value = getattr(entry, "last_response_ms", None) if entry is not None else None
         if value is not None:
