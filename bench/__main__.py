@@ -286,8 +286,8 @@ def report(
         ]
         if scenario.subscribers and r["expected"]:
             lines += [
-                f"| subscribers / slowest received | {scenario.subscribers:,} / "
-                f"{r['received_min']:,} |",
+                f"| subscribers / slowest received / closed early (lagged) | "
+                f"{scenario.subscribers:,} / {r['received_min']:,} / {r['closed_early']:,} |",
                 f"| delivered/s (slowest subscriber) | {fmt(r['delivered_per_s'])} |",
                 f"| latency p50 / p90 / p99 / max ms | {fmt(r['p50_ms'], '.1f')} / "
                 f"{fmt(r['p90_ms'], '.1f')} / {fmt(r['p99_ms'], '.1f')} / "

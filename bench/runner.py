@@ -480,15 +480,7 @@ def run_scenario(
             stopped = time.perf_counter()
             used = cpu.used()
         elapsed = stopped - started
-        results = [
-            {
-                k: float("nan") if v is None else v
-                for k, v in orjson.loads(
-                    s.communicate(timeout=300)[0].strip().splitlines()[-1]
-                ).items()
-            }
-            for s in subscribers
-        ]
+        results = [_subscriber_result(s) for s in subscribers]
         with psycopg.connect(dsn) as conn:
             row = conn.execute(
                 "SELECT (SELECT count(*) FROM websocket_messages),"
@@ -511,6 +503,7 @@ def run_scenario(
             "seconds": elapsed,
             "committed_per_s": rows / elapsed,
             "received_min": min((r["received_min"] for r in results), default=0),
+            "closed_early": sum(r["closed_early"] for r in results),
             "delivered_per_s": _least(r["rate"] for r in results),
             "p50_ms": _most(r["p50_ms"] for r in results),
             "p90_ms": _most(r["p90_ms"] for r in results),
@@ -581,6 +574,22 @@ def _start_subscribers(
             raise RuntimeError("a subscriber process could not connect")
         started.append(proc)
     return started
+
+
+def _subscriber_result(proc: subprocess.Popen[str]) -> dict[str, Any]:
+    """A subscriber process's JSON line; one that printed none counts as receiving none."""
+    try:
+        lines = proc.communicate(timeout=600)[0].strip().splitlines()
+        found = orjson.loads(lines[-1]) if lines else {}
+    except (subprocess.TimeoutExpired, orjson.JSONDecodeError):
+        proc.kill()
+        found = {}
+    nan = float("nan")
+    result: dict[str, Any] = {"received_min": 0, "closed_early": 0, "rate": nan}
+    result.update({k: nan if v is None else v for k, v in found.items()})
+    for key in ("p50_ms", "p90_ms", "p99_ms", "max_ms"):
+        result.setdefault(key, nan)
+    return result
 
 
 def _reap(proc: subprocess.Popen[str]) -> None:

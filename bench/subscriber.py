@@ -30,6 +30,7 @@ import attrs
 import orjson
 import trio
 
+from engine.errors import SourceUnavailable
 from engine.transport import SansIOTransport
 
 RESOLUTION = 10_000  # histogram buckets per second (0.1 ms)
@@ -79,6 +80,7 @@ class Subscriber:
     received: int = 0
     first: float = 0.0
     last: float = 0.0
+    closed: str | None = None  # why the server closed the subscription early
 
     async def run(self, ready: trio.Semaphore, done: trio.Event) -> None:
         transport = SansIOTransport(compression=self.compression)
@@ -86,14 +88,17 @@ class Subscriber:
             while not await ws.receive_messages():  # {"type": "connected"}
                 pass
             ready.release()
-            while self.received < self.expected:
-                messages = await ws.receive_messages()
-                now = time.time()
-                for message in messages:
-                    self._count(message, now)
-                if not self.first:
-                    self.first = now
-                self.last = now
+            try:
+                while self.received < self.expected:
+                    messages = await ws.receive_messages()
+                    now = time.time()
+                    for message in messages:
+                        self._count(message, now)
+                    if not self.first:
+                        self.first = now
+                    self.last = now
+            except SourceUnavailable as exc:  # e.g. dropped as lagged: counts stay as they are
+                self.closed = str(exc)
         done.set()
 
     def _count(self, message: bytes, now: float) -> None:
@@ -145,6 +150,7 @@ async def main(
         "connections": connections,
         "received_min": min(s.received for s in subscribers),
         "received_max": max(s.received for s in subscribers),
+        "closed_early": sum(1 for s in subscribers if s.closed),
         "rate": min(rates, default=None),
         "p50_ms": latencies.percentile(0.50),
         "p90_ms": latencies.percentile(0.90),
