@@ -170,6 +170,7 @@ class Engine:
         s = self.settings
         self.instrument = EngineInstrument(slow_step=s.slow_step, debug=s.trio_debug)
         trio.lowlevel.add_instrument(self.instrument)
+        gc.callbacks.append(self.instrument.on_gc)
         try:
             self.keyring = load_keyring(
                 s.encryption_key, s.encryption_keys, embedded=s.embedded, data_dir=s.data_dir
@@ -191,6 +192,7 @@ class Engine:
         finally:
             self.accepting = False
             trio.lowlevel.remove_instrument(self.instrument)
+            gc.callbacks.remove(self.instrument.on_gc)
             self.stopped.set()
 
     @property

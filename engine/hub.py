@@ -38,6 +38,7 @@ DEFAULT_MAX_LAG = 20_000
 DEFAULT_MAX_SUBSCRIBERS = 1_000
 # The channel only holds references to shared batches; the frame budget is the real bound.
 QUEUE_BATCHES = 4096
+CATCH_UP_RECORDS = 500  # at most about this many records in one catch-up frame
 
 
 @attrs.frozen
@@ -163,18 +164,22 @@ class Subscription:
         self.delivered += len(batch)
         return batch
 
-    def waiting(self) -> list[Frames]:
-        """The batches already queued, taken without waiting (for a subscriber that fell
-        behind to catch up in fewer, larger frames)."""
+    def waiting(self, up_to: int = CATCH_UP_RECORDS) -> list[Frames]:
+        """Batches already queued, taken without waiting until about ``up_to`` records (for
+        a subscriber that fell behind to catch up in fewer, larger frames, each of bounded
+        size: a thousand laggards each building one huge frame would cost gigabytes)."""
         taken: list[Frames] = []
-        while True:
+        total = 0
+        while total < up_to:
             try:
                 batch = self._receive.receive_nowait()
             except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
                 return taken
             self.queued -= len(batch)
             self.delivered += len(batch)
+            total += len(batch)
             taken.append(batch)
+        return taken
 
 
 @attrs.frozen

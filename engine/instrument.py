@@ -7,6 +7,8 @@ event-loop lag and busy/idle time, cheap enough to stay on.
   the engine): a histogram. A per-task "scheduled" hook measured the same thing for
   every step but cost a tenth of the loop's time with hundreds of connectors.
 * Busy time is time spent in task steps; idle time is time waiting for I/O.
+* Garbage-collector pauses: a histogram, and a pause longer than ``slow_step`` is logged
+  like a slow step (it stops every task just the same).
 
 The instrument only observes (``trio.abc.Instrument`` hooks); :func:`task_tree` reads the
 tree from Trio's introspection API when asked.
@@ -41,6 +43,22 @@ class EngineInstrument(trio.abc.Instrument):
         # Set now, not 0: the instrument may be added while a task step is running.
         self._step_started = time.perf_counter()
         self._idle_started = self._step_started
+        self.gc_pauses = Histogram(LAG_BUCKETS)
+        self._gc_started = 0.0
+
+    def on_gc(self, phase: str, info: dict[str, int]) -> None:
+        """A ``gc.callbacks`` hook: time every collection; a long one is a slow step too."""
+        if phase == "start":
+            self._gc_started = time.perf_counter()
+            return
+        took = time.perf_counter() - self._gc_started
+        self.gc_pauses.observe(took)
+        if took > self.slow_step:
+            logger.warning(
+                "slow task step: garbage collection (generation %d) took %.1f ms",
+                info.get("generation", -1),
+                took * 1000,
+            )
 
     def task_spawned(self, task: trio.lowlevel.Task) -> None:
         self.tasks_spawned += 1

@@ -108,6 +108,7 @@ class WebSocketConnector:
     last_message_at: float | None = None
     last_error: str | None = None
     started_at: datetime | None = None
+    _forward_idle: bool = False  # the forwarding task waits for frames (none in hand)
     _frames: list[bytes | str] = attrs.field(factory=list)
     _times: list[float] = attrs.field(factory=list)
     _buffered_bytes: int = 0
@@ -261,8 +262,23 @@ class WebSocketConnector:
             self._frames.append(message)
             self._times.append(now)
             self._buffered_bytes += size
-        if self._frames:
-            self._wakeup.set()
+        if not self._frames:
+            return
+        if self._forward_idle and len(self._frames) <= MAX_BATCH_FRAMES:
+            # Nothing older is waiting: hand the batch on directly when the channel has
+            # room, sparing a wake-up of the forwarding task (a quiet feed's common case).
+            batch = SourceBatch(
+                self.connector_id, self.spec.exchange, self._frames, self._times, self._normalizer
+            )
+            try:
+                self.send_channel.send_nowait(batch)
+            except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+                pass  # the forwarding task takes it from here, as usual
+            else:
+                self._buffered_bytes -= sum(len(f) for f in self._frames)
+                self._frames, self._times = [], []
+                return
+        self._wakeup.set()
 
     def _record_overflow(self, now: float) -> None:
         if self._overflow_count == 0:
@@ -294,7 +310,11 @@ class WebSocketConnector:
                 if self._reading_done:
                     return
                 self._wakeup = trio.Event()
-                await self._wakeup.wait()
+                self._forward_idle = True
+                try:
+                    await self._wakeup.wait()
+                finally:
+                    self._forward_idle = False
                 continue
             backlog, backlog_times = self._frames, self._times
             self._frames, self._times = [], []

@@ -46,6 +46,7 @@ async def test_health_metrics_and_debug_views(service: Service, exchange: FakeEx
         assert families["sluice_writer_rows"].samples[0].value >= 50
         assert families["sluice_writer_flush_seconds"].type == "histogram"
         assert families["sluice_loop_lag_seconds"].type == "histogram"
+        assert families["sluice_gc_pause_seconds"].type == "histogram"
         assert families["sluice_hub_fanout_seconds"].type == "histogram"
         assert families["process_resident_memory_bytes"].samples[0].value > 0
         assert families["process_open_fds"].samples[0].value > 0
