@@ -310,8 +310,8 @@ def report(
             f"| writer batches / mean size / flush p50, p99 ms (bucket bound) | "
             f"{r['batches']:,} / {r['rows_in_table'] / max(r['batches'], 1):,.0f} / "
             f"{fmt(r['flush_p50_ms'], '.0f')}, {fmt(r['flush_p99_ms'], '.0f')} |",
-            f"| engine task steps over 20 ms / slowest ms | {r['slow_steps']} / "
-            f"{r['slowest_step_ms']:.0f} |",
+            f"| engine task steps over 20 ms (of them GC pauses) / slowest ms | "
+            f"{r['slow_steps']} ({r['slow_gc']}) / {r['slowest_step_ms']:.0f} |",
         ]
         if r["rss_slope_mib_per_min"] is not None:
             lines.append(

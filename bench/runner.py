@@ -518,6 +518,7 @@ def run_scenario(
             "peak_rss_mib": max(r for _, r in rss),
             "rss_slope_mib_per_min": _slope(second_half) * 60 if scenario.soak else None,
             "slow_steps": len(steps),
+            "slow_gc": sum("garbage collection" in text for text in output_of(server)),
             "slowest_step_ms": max(steps, default=0.0),
             "gaps": int(metrics.get("sluice_connector_messages_gap_total", 0)),
             "rejected": int(metrics.get("sluice_connector_messages_rejected_total", 0)),

@@ -218,6 +218,11 @@ async def metrics() -> Response:
             "How late a task sleeping 10 ms wakes up (event-loop lag).",
             instrument.loop_lag,
         )
+        out.histogram(
+            "sluice_gc_pause_seconds",
+            "Garbage-collector pauses (every task waits for them).",
+            instrument.gc_pauses,
+        )
         out.family(
             "sluice_loop_busy_seconds_total",
             "counter",
