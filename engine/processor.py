@@ -90,8 +90,11 @@ class Processor:
         ctx = Context(batch.connector_id, batch.exchange)
         normalize = batch.normalizer or normalizer_for(batch.exchange)
         records: list[Record] = []
+        last_ts, received_at = None, None
         for frame, ts in zip(batch.frames, batch.received_at, strict=True):
-            received_at = datetime.fromtimestamp(ts, UTC)
+            if ts != last_ts:  # frames from one socket read share their receive time
+                last_ts, received_at = ts, datetime.fromtimestamp(ts, UTC)
+            assert received_at is not None
             try:
                 msg, raw = decode(frame)
                 result = normalize(msg, raw, ctx, received_at)

@@ -89,6 +89,8 @@ def _checked_decimal(text: str, field: str) -> str:
 def epoch_to_datetime(value: Any, field: str) -> datetime | None:
     """Exchange timestamps: epoch seconds, milliseconds, microseconds or nanoseconds (by
     magnitude), as a number or a digit string; or an ISO 8601 string."""
+    if type(value) is int and 100_000_000_000 < value < 100_000_000_000_000:
+        return datetime.fromtimestamp(value / 1000, UTC)  # the common case: epoch ms
     if value is None or value == "":
         return None
     if isinstance(value, bool):
