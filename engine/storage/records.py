@@ -175,23 +175,7 @@ def _insert_values(
     )
     params: list[Any] = []
     for r in records:
-        params += (
-            r.connector_id,
-            r.exchange,
-            r.instrument,
-            r.price,
-            r.size,
-            r.side,
-            r.message_type,
-            r.timestamp,
-            r.received_at,
-            r.data.decode(),
-            r.dedup_key,
-            r.bid_price,
-            r.bid_size,
-            r.ask_price,
-            r.ask_size,
-        )
+        params += _text_columns(r, r.data.decode())
         params += (r.batch_id,) if websocket else (r.status_code, r.response_time_ms)
     statement = (
         f"INSERT INTO {TABLES[source]} (connector_id, exchange, instrument, price, size, side,"
@@ -200,7 +184,35 @@ def _insert_values(
         + ", ".join([row] * len(records))
         + " ON CONFLICT DO NOTHING RETURNING id, connector_id, dedup_key"
     )
-    inserted = conn.execute(statement.encode(), params).fetchall()
+    return _returned(records, conn.execute(statement.encode(), params).fetchall())
+
+
+def _text_columns(r: Record, data: object) -> tuple[object, ...]:
+    """A record's columns in table order, numbers as the source's text (PostgreSQL casts)."""
+    return (
+        r.connector_id,
+        r.exchange,
+        r.instrument,
+        r.price,
+        r.size,
+        r.side,
+        r.message_type,
+        r.timestamp,
+        r.received_at,
+        data,
+        r.dedup_key,
+        r.bid_price,
+        r.bid_size,
+        r.ask_price,
+        r.ask_size,
+    )
+
+
+def _returned(
+    records: Sequence[Record], inserted: list[tuple[Any, ...]]
+) -> tuple[list[StoredRecord], int]:
+    """``RETURNING id, connector_id, dedup_key`` rows → stored records in id order, and how
+    many of ``records`` were skipped as already stored."""
     by_key = {(r.connector_id, r.dedup_key): r for r in records}
     stored = [StoredRecord(id=row[0], record=by_key[(row[1], row[2])]) for row in inserted]
     stored.sort(key=lambda s: s.id)
@@ -218,21 +230,7 @@ def _insert_deduplicated(
                 copy.write_row(
                     (
                         ord_,
-                        r.connector_id,
-                        r.exchange,
-                        r.instrument,
-                        r.price,
-                        r.size,
-                        r.side,
-                        r.message_type,
-                        r.timestamp,
-                        r.received_at,
-                        RawJsonb(r.data),
-                        r.dedup_key,
-                        r.bid_price,
-                        r.bid_size,
-                        r.ask_price,
-                        r.ask_size,
+                        *_text_columns(r, RawJsonb(r.data)),
                         r.batch_id,
                         r.status_code,
                         r.response_time_ms,
@@ -240,7 +238,4 @@ def _insert_deduplicated(
                 )
         cur.execute(_INSERT.format(table=table, extra=_EXTRA[records[0].source]).encode())
         inserted = cur.fetchall()
-    by_key = {(r.connector_id, r.dedup_key): r for r in records}
-    stored = [StoredRecord(id=row[0], record=by_key[(row[1], row[2])]) for row in inserted]
-    stored.sort(key=lambda s: s.id)
-    return stored, len(records) - len(stored)
+    return _returned(records, inserted)
