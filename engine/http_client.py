@@ -19,9 +19,8 @@ Resource handling: :meth:`aclose` closes the kept connection; pollers call it on
 from __future__ import annotations
 
 import contextlib
-import ssl
 import zlib
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Iterable
 from typing import Any, Protocol
 from urllib.parse import urljoin, urlsplit
 
@@ -32,13 +31,12 @@ import trio
 
 from .errors import SourceUnavailable
 from .redact import describe_http_error
+from .transport import StreamOpener
 
 RECEIVE_BYTES = 65536
 MAX_REDIRECTS = 5
 REDIRECTS = {301, 302, 303, 307, 308}
 USER_AGENT = "sluice"
-
-StreamOpener = Callable[[str, int, bool], Awaitable[trio.abc.Stream]]
 
 
 class ResponseTooLarge(Exception):
@@ -92,16 +90,6 @@ class HttpxClient:
 
     async def aclose(self) -> None:
         pass  # shared; its owner closes it
-
-
-async def open_plain(host: str, port: int, secure: bool) -> trio.abc.Stream:
-    """A stream opener without the egress guard (tests, and a guard-less engine)."""
-    stream: trio.abc.Stream = await trio.open_tcp_stream(host, port)
-    if secure:
-        tls = trio.SSLStream(stream, ssl.create_default_context(), server_hostname=host)
-        await tls.do_handshake()
-        stream = tls
-    return stream
 
 
 @attrs.define(eq=False)

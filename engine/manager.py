@@ -30,7 +30,7 @@ from .auth import Credentials
 from .crypto import Keyring, SecretError, is_encrypted
 from .egress import EgressPolicy
 from .errors import NotFound, SinkUnavailable
-from .http_client import HttpClient, HttpxClient, PollingClient, open_plain
+from .http_client import HttpClient, HttpxClient, PollingClient
 from .metrics import Histogram
 from .models import (
     ConnectorSpec,
@@ -45,7 +45,7 @@ from .rest_poller import TICK_LATENESS_BUCKETS, RestPoller
 from .storage import Database
 from .storage import connectors as sql
 from .supervisor import Supervisor
-from .transport import SansIOTransport, Transport
+from .transport import SansIOTransport, Transport, open_stream
 from .writer import BatchWriter
 from .ws_connector import WebSocketConnector
 
@@ -193,7 +193,7 @@ class ConnectorManager:
             if self.http is not None:
                 client = HttpxClient(self.http)
             else:
-                opener = self.egress.open_stream if self.egress is not None else open_plain
+                opener = self.egress.open_stream if self.egress is not None else open_stream
                 client = PollingClient(opener)
             return RestPoller(
                 spec,

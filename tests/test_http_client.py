@@ -11,7 +11,8 @@ import pytest
 import trio
 
 from engine.errors import SourceUnavailable
-from engine.http_client import PollingClient, ResponseTooLarge, open_plain
+from engine.http_client import PollingClient, ResponseTooLarge
+from engine.transport import open_stream
 
 
 @attrs.define(eq=False)
@@ -89,7 +90,7 @@ def url(server: Server, path: str) -> str:
 
 
 async def test_requests_reuse_one_connection_and_carry_headers_and_body(server: Server) -> None:
-    client = PollingClient(open_plain)
+    client = PollingClient(open_stream)
     for _ in range(3):
         response = await client.request(
             "POST", url(server, "/json"), {"X-Key": "k"}, b'{"q":1}', 1000
@@ -105,7 +106,7 @@ async def test_requests_reuse_one_connection_and_carry_headers_and_body(server: 
 
 
 async def test_compressed_bodies_are_decoded_and_capped_after_decoding(server: Server) -> None:
-    client = PollingClient(open_plain)
+    client = PollingClient(open_stream)
     response = await client.request("GET", url(server, "/gzip"), {}, None, 10_000)
     assert response.body == b'{"n":"' + b"7" * 5000 + b'"}'
     deflated = await client.request("GET", url(server, "/deflate"), {}, None, 10_000)
@@ -118,7 +119,7 @@ async def test_compressed_bodies_are_decoded_and_capped_after_decoding(server: S
 
 
 async def test_redirects_are_followed_and_bounded(server: Server) -> None:
-    client = PollingClient(open_plain)
+    client = PollingClient(open_stream)
     assert (await client.request("GET", url(server, "/moved"), {}, None, 1000)).body == (
         b'{"ok":true}'
     )
@@ -131,7 +132,7 @@ async def test_redirects_are_followed_and_bounded(server: Server) -> None:
 
 
 async def test_connection_close_and_timeouts(server: Server) -> None:
-    client = PollingClient(open_plain, timeout=0.5)
+    client = PollingClient(open_stream, timeout=0.5)
     for _ in range(2):
         response = await client.request("GET", url(server, "/close"), {}, None, 1000)
         assert response.body == b"[1]"
@@ -143,7 +144,7 @@ async def test_connection_close_and_timeouts(server: Server) -> None:
 
 
 async def test_only_http_urls_and_refused_connections_are_errors(server: Server) -> None:
-    client = PollingClient(open_plain)
+    client = PollingClient(open_stream)
     with pytest.raises(SourceUnavailable, match="only http"):
         await client.request("GET", "ftp://127.0.0.1/x", {}, None, 1000)
     listener = trio.socket.socket()
