@@ -184,24 +184,19 @@ class PollingClient:
                     decoder = zlib.decompressobj(16 + zlib.MAX_WBITS)
                 elif encoding == "deflate":
                     decoder = zlib.decompressobj()
-            elif isinstance(event, h11.Data):
-                piece = bytes(event.data)
-                if decoder is not None:
-                    piece = decoder.decompress(piece, max_bytes + 1 - size)
+            elif isinstance(event, h11.Data | h11.EndOfMessage):
+                if isinstance(event, h11.Data):
+                    piece = bytes(event.data)
+                    if decoder is not None:
+                        piece = decoder.decompress(piece, max_bytes + 1 - size)
+                else:  # the end: what the decoder still holds
+                    piece = decoder.flush() if decoder is not None else b""
                 size += len(piece)
                 if size > max_bytes:
-                    await self.aclose()
-                    raise ResponseTooLarge
+                    raise ResponseTooLarge  # request() drops the half-read connection
                 chunks.append(piece)
-            elif isinstance(event, h11.EndOfMessage):
-                if decoder is not None:
-                    rest = decoder.flush()
-                    size += len(rest)
-                    if size > max_bytes:
-                        await self.aclose()
-                        raise ResponseTooLarge
-                    chunks.append(rest)
-                break
+                if isinstance(event, h11.EndOfMessage):
+                    break
             elif isinstance(event, h11.ConnectionClosed):
                 raise SourceUnavailable("connection closed mid-response", "request_failed")
             # InformationalResponse (1xx): keep reading
