@@ -267,11 +267,8 @@ class WebSocketConnector:
         if self._forward_idle and len(self._frames) <= MAX_BATCH_FRAMES:
             # Nothing older is waiting: hand the batch on directly when the channel has
             # room, sparing a wake-up of the forwarding task (a quiet feed's common case).
-            batch = SourceBatch(
-                self.connector_id, self.spec.exchange, self._frames, self._times, self._normalizer
-            )
             try:
-                self.send_channel.send_nowait(batch)
+                self.send_channel.send_nowait(self._batch(self._frames, self._times))
             except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
                 pass  # the forwarding task takes it from here, as usual
             else:
@@ -331,10 +328,13 @@ class WebSocketConnector:
                     )
                     return
 
+    def _batch(self, frames: list[bytes | str], times: list[float]) -> SourceBatch:
+        return SourceBatch(self.connector_id, self.spec.exchange, frames, times, self._normalizer)
+
     async def _send_batch(self, frames: list[bytes | str], times: list[float]) -> bool:
         """Hand one batch to the processor; False if it had to be dropped on stop."""
         size = sum(len(f) for f in frames)
-        batch = SourceBatch(self.connector_id, self.spec.exchange, frames, times, self._normalizer)
+        batch = self._batch(frames, times)
         try:
             if self._reading_done:
                 with trio.move_on_after(FLUSH_ON_STOP_SECONDS, shield=True) as scope:
