@@ -22,10 +22,14 @@ TABLES = {"websocket": "websocket_messages", "rest": "api_connector_data"}
 
 SMALL_BATCH = 64  # up to this many rows: one INSERT … VALUES instead of COPY
 
+# The record columns common to both tables, in the order of _text_columns().
+_COLUMNS = (
+    'connector_id, exchange, instrument, price, size, side, message_type, "timestamp",'
+    " received_at, data, dedup_key, bid_price, bid_size, ask_price, ask_size"
+)
 _COPY = (
-    "COPY sluice_staging_v3 (ord, connector_id, exchange, instrument, price, size, side,"
-    ' message_type, "timestamp", received_at, data, dedup_key, bid_price, bid_size,'
-    " ask_price, ask_size, batch_id, status_code, response_time_ms) FROM STDIN (FORMAT BINARY)"
+    f"COPY sluice_staging_v3 (ord, {_COLUMNS}, batch_id, status_code, response_time_ms)"
+    " FROM STDIN (FORMAT BINARY)"
 )
 _COPY_TYPES = [
     "int4",
@@ -48,13 +52,11 @@ _COPY_TYPES = [
     "int4",
     "float8",
 ]
-_INSERT = """
-INSERT INTO {table} (connector_id, exchange, instrument, price, size, side, message_type,
-                     "timestamp", received_at, data, dedup_key,
-                     bid_price, bid_size, ask_price, ask_size{extra})
+_INSERT = f"""
+INSERT INTO {{table}} ({_COLUMNS}{{extra}})
 SELECT connector_id, exchange, instrument, price::numeric, size::numeric, side, message_type,
        "timestamp", received_at, data, dedup_key,
-       bid_price::numeric, bid_size::numeric, ask_price::numeric, ask_size::numeric{extra}
+       bid_price::numeric, bid_size::numeric, ask_price::numeric, ask_size::numeric{{extra}}
 FROM sluice_staging_v3 ORDER BY ord
 ON CONFLICT DO NOTHING
 RETURNING id, connector_id, dedup_key
@@ -63,10 +65,7 @@ RETURNING id, connector_id, dedup_key
 _EXTRA = {"websocket": ", batch_id", "rest": ", status_code, response_time_ms"}
 
 
-_DIRECT_COLUMNS = (
-    'id, connector_id, exchange, instrument, price, size, side, message_type, "timestamp",'
-    " received_at, data, dedup_key, bid_price, bid_size, ask_price, ask_size"
-)
+_DIRECT_COLUMNS = f"id, {_COLUMNS}"
 _DIRECT_TYPES = [
     "int8",
     "text",
@@ -178,9 +177,7 @@ def _insert_values(
         params += _text_columns(r, r.data.decode())
         params += (r.batch_id,) if websocket else (r.status_code, r.response_time_ms)
     statement = (
-        f"INSERT INTO {TABLES[source]} (connector_id, exchange, instrument, price, size, side,"
-        ' message_type, "timestamp", received_at, data, dedup_key, bid_price, bid_size,'
-        f" ask_price, ask_size{_EXTRA[source]}) VALUES "
+        f"INSERT INTO {TABLES[source]} ({_COLUMNS}{_EXTRA[source]}) VALUES "
         + ", ".join([row] * len(records))
         + " ON CONFLICT DO NOTHING RETURNING id, connector_id, dedup_key"
     )
