@@ -36,7 +36,6 @@ def normalize_bitstamp(
     if not isinstance(data, dict):
         raise BadMessage("bad_shape", "Bitstamp trade data is not an object")
     channel = str(msg.get("channel", ""))
-    trade_id = data.get("id")
     return [
         make_record(
             ctx,
@@ -48,6 +47,6 @@ def normalize_bitstamp(
             size=data.get("amount_str", data.get("amount")),
             side=_SIDES.get(data.get("type")),  # type: ignore[arg-type]
             timestamp=data.get("microtimestamp", data.get("timestamp")),
-            key=None if trade_id is None else str(trade_id),
+            key=data.get("id"),
         )
     ]

@@ -35,7 +35,6 @@ def normalize_bybit(
         for item in data:
             if not isinstance(item, dict):
                 raise BadMessage("bad_shape", "Bybit trade is not an object")
-            trade_id = item.get("i")
             records.append(
                 make_record(
                     ctx,
@@ -47,7 +46,7 @@ def normalize_bybit(
                     size=item.get("v"),
                     side=item.get("S"),
                     timestamp=item.get("T"),
-                    key=None if trade_id is None else str(trade_id),
+                    key=item.get("i"),
                 )
             )
         return records

@@ -39,7 +39,7 @@ def normalize_coinbase(
                 size=msg.get("size"),
                 side=_TAKER.get(str(msg.get("side")).lower()),
                 timestamp=msg.get("time"),
-                key=_id(msg.get("trade_id")),
+                key=msg.get("trade_id"),
             )
         ]
     if kind == "ticker":
@@ -54,7 +54,7 @@ def normalize_coinbase(
                 size=msg.get("last_size"),
                 side=msg.get("side"),
                 timestamp=msg.get("time"),
-                key=_id(msg.get("sequence")),
+                key=msg.get("sequence"),
                 bid_price=msg.get("best_bid"),
                 bid_size=msg.get("best_bid_size"),
                 ask_price=msg.get("best_ask"),
@@ -104,7 +104,7 @@ def _advanced(
                         size=item.get("size"),
                         side=item.get("side"),
                         timestamp=item.get("time"),
-                        key=_id(item.get("trade_id")),
+                        key=item.get("trade_id"),
                     )
                 )
             else:
@@ -124,7 +124,3 @@ def _advanced(
                     )
                 )
     return records
-
-
-def _id(value: Any) -> str | None:
-    return None if value is None else str(value)

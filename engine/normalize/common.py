@@ -151,7 +151,7 @@ def make_record(
     size: Any = None,
     side: Any = None,
     timestamp: Any = None,
-    key: str | None = None,
+    key: Any = None,
     bid_price: Any = None,
     bid_size: Any = None,
     ask_price: Any = None,
@@ -159,8 +159,8 @@ def make_record(
 ) -> Record:
     """A record from raw field values, each checked (exact decimals, sane text, a time).
 
-    ``key`` is the source's own id for the record (trade id, sequence); without one the
-    idempotency key is a hash of the payload and its receive time.
+    ``key`` is the source's own id for the record (trade id, sequence; any value, used as
+    text); without one the idempotency key is a hash of the payload and its receive time.
     """
     inst = text_field(instrument, "instrument")
     return Record(

@@ -42,7 +42,6 @@ def normalize_kraken(
             raise BadMessage("bad_shape", "Kraken data item is not an object")
         payload = orjson.dumps(item)
         if channel == "trade":
-            trade_id = item.get("trade_id")
             records.append(
                 make_record(
                     ctx,
@@ -54,7 +53,7 @@ def normalize_kraken(
                     size=item.get("qty"),
                     side=item.get("side"),
                     timestamp=item.get("timestamp"),
-                    key=None if trade_id is None else str(trade_id),
+                    key=item.get("trade_id"),
                 )
             )
         else:

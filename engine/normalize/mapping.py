@@ -106,7 +106,6 @@ def mapped_normalizer(mapping: FieldMapping) -> Normalizer:
             if not isinstance(item, dict):
                 raise BadMessage("bad_shape", "a mapped record is not an object")
             payload = raw if item is msg else orjson.dumps(item)
-            record_id = mapping.get("id", item, msg)
             kind = mapping.get("type", item, msg)
             out.append(
                 make_record(
@@ -119,7 +118,7 @@ def mapped_normalizer(mapping: FieldMapping) -> Normalizer:
                     size=mapping.get("size", item, msg),
                     side=mapping.get("side", item, msg),
                     timestamp=mapping.get("timestamp", item, msg),
-                    key=None if record_id is None else str(record_id),
+                    key=mapping.get("id", item, msg),
                     bid_price=mapping.get("bid_price", item, msg),
                     bid_size=mapping.get("bid_size", item, msg),
                     ask_price=mapping.get("ask_price", item, msg),
