@@ -2,8 +2,8 @@
 scenarios through a real ``sluice serve`` process, a firehose process and subscriber
 processes. Results are ratios against the baselines of this run.
 
-PostgreSQL: ``POSTGRES_DSN`` when set (a fresh database is created per scenario), else an
-embedded server in a temporary directory. Every process talks over loopback only.
+PostgreSQL: ``POSTGRES_DSN``/``POSTGRES_*`` when set (a fresh database is created per
+scenario), else an embedded server in a temporary directory. Every process talks over loopback only.
 """
 
 from __future__ import annotations
@@ -48,20 +48,25 @@ KEY = "bench-key-0123456789abcdef-01234"
 
 
 @contextlib.contextmanager
-def postgres() -> Iterator[str]:
-    """An admin DSN: the configured server, or an embedded one for this run."""
-    if dsn := os.environ.get("POSTGRES_DSN"):
+def postgres(directory: Path | None = None) -> Iterator[str]:
+    """An admin DSN: the server configured as for ``sluice serve`` (``POSTGRES_DSN`` or
+    ``POSTGRES_*``), or an embedded one in ``directory`` (a temporary one by default).
+    The test suite uses it too."""
+    if dsn := Settings.from_env().postgres_dsn:
         yield psycopg.conninfo.make_conninfo(dsn, dbname="postgres")
         return
     from engine.storage.embedded import embedded_postgres
 
-    with tempfile.TemporaryDirectory() as tmp, embedded_postgres(Path(tmp), "postgres") as dsn:
-        yield dsn
+    with contextlib.ExitStack() as stack:
+        if directory is None:
+            directory = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        yield stack.enter_context(embedded_postgres(directory, "postgres"))
 
 
 @contextlib.contextmanager
-def fresh_database(admin: str) -> Iterator[str]:
-    name = f"sluice_bench_{secrets.token_hex(4)}"
+def fresh_database(admin: str, prefix: str = "sluice_bench") -> Iterator[str]:
+    """A new, empty database on the ``admin`` server, dropped afterwards."""
+    name = f"{prefix}_{secrets.token_hex(6)}"
     with psycopg.connect(admin, autocommit=True) as conn:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     try:

@@ -12,19 +12,16 @@ loopback. Tests that wait on the network or the database wrap their body in
 from __future__ import annotations
 
 import os
-import secrets
 from collections.abc import AsyncIterator, Iterator
 from functools import partial
 from pathlib import Path
 
 import attrs
-import psycopg
 import pytest
 import trio
-from psycopg import sql
 
+from bench.runner import fresh_database, postgres
 from engine.config import Settings
-from engine.storage.embedded import embedded_postgres
 from server.serve import Service, serve
 
 from .fake_exchange import FakeExchange
@@ -35,27 +32,15 @@ TEST_KEY = "test-key-0123456789abcdef-012345"
 @pytest.fixture(scope="session")
 def admin_dsn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A maintenance DSN for the server the tests use."""
-    configured = Settings.from_env().postgres_dsn
-    if configured is not None:
-        yield psycopg.conninfo.make_conninfo(configured, dbname="postgres")
-        return
-    with embedded_postgres(tmp_path_factory.mktemp("pg"), database="postgres") as dsn:
+    with postgres(tmp_path_factory.mktemp("pg")) as dsn:
         yield dsn
 
 
 @pytest.fixture
 def database_dsn(admin_dsn: str) -> Iterator[str]:
     """A fresh, empty database for one test."""
-    name = f"sluice_test_{secrets.token_hex(6)}"
-    with psycopg.connect(admin_dsn, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    try:
-        yield psycopg.conninfo.make_conninfo(admin_dsn, dbname=name)
-    finally:
-        with psycopg.connect(admin_dsn, autocommit=True) as conn:
-            conn.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-            )
+    with fresh_database(admin_dsn, "sluice_test") as dsn:
+        yield dsn
 
 
 @pytest.fixture
