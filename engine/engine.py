@@ -268,7 +268,7 @@ class Engine:
                     inner.start_soon(_in_scope, probe_scope, self._probe_lag)
                     self.accepting = True
                     if s.gc_freeze:
-                        freeze_startup_objects()
+                        tune_garbage_collector()
                     logger.info("engine ready")
                     task_status.started(self)
                     await self._stop.wait()
@@ -308,8 +308,9 @@ async def _in_scope(scope: trio.CancelScope, run: Callable[[], Awaitable[None]])
         await run()
 
 
-def freeze_startup_objects() -> None:
-    """Move every object alive after start-up out of the garbage collector's sight.
+def tune_garbage_collector() -> None:
+    """Move every object alive after start-up out of the garbage collector's sight, and
+    collect young objects less often (``SLUICE_GC_FREEZE``).
 
     Measured under load: each full collection walked the whole server (Quart, hypercorn,
     psycopg, the modules) and paused every task for 35 to 60 ms about once a second, while
