@@ -160,6 +160,9 @@ class Subscription:
             batch = await self._receive.receive()
         except (trio.EndOfChannel, trio.ClosedResourceError):
             raise StopAsyncIteration from None
+        return self._taken(batch)
+
+    def _taken(self, batch: Frames) -> Frames:
         self.queued -= len(batch)
         self.delivered += len(batch)
         return batch
@@ -175,10 +178,8 @@ class Subscription:
                 batch = self._receive.receive_nowait()
             except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
                 return taken
-            self.queued -= len(batch)
-            self.delivered += len(batch)
+            taken.append(self._taken(batch))
             total += len(batch)
-            taken.append(batch)
         return taken
 
 
