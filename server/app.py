@@ -21,6 +21,7 @@ from quart_trio import QuartTrio
 from engine.config import Settings
 from engine.engine import Engine
 
+from . import wsframes
 from .context import ENGINE_KEY
 from .responses import detail, install_error_handlers
 from .routes import connectors, docs, normalize, observe, realtime, system, websocket_data
@@ -31,6 +32,7 @@ MAX_BODY_BYTES = 1024 * 1024
 
 
 def create_app(engine: Engine | None = None, settings: Settings | None = None) -> QuartTrio:
+    wsframes.install()  # realtime frames: one copy each, not five
     app = QuartTrio("sluice")
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     owns_engine = engine is None

@@ -1,0 +1,86 @@
+"""Outgoing WebSocket frames with one copy of the payload instead of five, and none for a
+text every subscriber sends.
+
+hypercorn serializes every frame a Quart ``websocket.send`` makes through wsproto, whose
+``FrameProtocol._serialize_frame`` (wsproto 1.x) copies the payload into a bytearray,
+concatenates the header onto it, copies the result into another bytearray, and
+``Connection.send`` copies that once more into bytes. For one subscriber that is noise; for
+a thousand subscribers of a busy feed it was most of the engine's time and much of its
+memory (measured in ``bench/``, scenario ``subscribers-1000``).
+
+:func:`install` replaces that method with an equivalent that writes the header and the
+payload into one ``bytes`` object (which ``Connection.send`` then passes on without
+copying), and ``FrameProtocol.send_data`` with one that remembers the last few text frames
+it built: the broadcast hub hands every subscriber the *same* ``str`` object, so the second
+to the thousandth subscriber write the first one's bytes (an identity check on the kept
+``str``, so never a wrong frame). Both only take the frames they are exact for — server
+side, no extension negotiated, a whole message; client frames (masked), fragments and
+permessage-deflate frames go to wsproto's own code. The bytes on the wire are identical:
+``tests/test_wsframes.py`` compares both for every length class and opcode.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections import OrderedDict
+
+from wsproto.frame_protocol import FrameProtocol, Opcode
+
+_ORIGINAL = FrameProtocol._serialize_frame
+_ORIGINAL_SEND_DATA = FrameProtocol.send_data
+RECENT_FRAMES = 8
+# id(text) -> (text, frame): the text is kept, so its id cannot be reused while listed.
+_recent: OrderedDict[int, tuple[str, bytes | bytearray]] = OrderedDict()
+_SHORT = struct.Struct("!BBH")
+_LONG = struct.Struct("!BBQ")
+
+
+def _serialize_frame(
+    self: FrameProtocol, opcode: Opcode, payload: bytes | bytearray = b"", fin: bool = True
+) -> bytes | bytearray:
+    if self.client or self.extensions:
+        return _ORIGINAL(self, opcode, payload, fin)
+    first = (0x80 if fin else 0) | opcode
+    n = len(payload)
+    if n <= 125:
+        return bytes((first, n)) + payload
+    if opcode.iscontrol():
+        raise ValueError("payload too long for control frame")
+    if n <= 0xFFFF:
+        return _SHORT.pack(first, 126, n) + payload
+    return _LONG.pack(first, 127, n) + payload
+
+
+def _send_data(
+    self: FrameProtocol, payload: bytes | bytearray | str = b"", fin: bool = True
+) -> bytes | bytearray:
+    if (
+        type(payload) is not str
+        or not fin
+        or self.client
+        or self.extensions
+        or self._outbound_opcode is not None
+    ):
+        return _ORIGINAL_SEND_DATA(self, payload, fin)
+    known = _recent.get(id(payload))
+    if known is not None and known[0] is payload:
+        return known[1]
+    frame = _serialize_frame(self, Opcode.TEXT, payload.encode("utf-8"))
+    _recent[id(payload)] = (payload, frame)
+    if len(_recent) > RECENT_FRAMES:
+        _recent.popitem(last=False)
+    return frame
+
+
+def install() -> None:
+    """Use the one-copy serializer for every wsproto connection in this process."""
+    # wsproto declares bytearray; its one caller, Connection.send, takes any bytes.
+    FrameProtocol._serialize_frame = _serialize_frame  # type: ignore[method-assign,assignment]
+    FrameProtocol.send_data = _send_data  # type: ignore[method-assign,assignment]
+
+
+def original(
+    protocol: FrameProtocol, opcode: Opcode, payload: bytes | bytearray = b"", fin: bool = True
+) -> bytearray:
+    """wsproto's own serializer (for tests and comparison)."""
+    return _ORIGINAL(protocol, opcode, payload, fin)
