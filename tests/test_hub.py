@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 import orjson
 import trio
 
-from engine.hub import BroadcastHub
+from engine.hub import LINGER_PER_SUBSCRIBER, MAX_LINGER, BroadcastHub, Notice
 from engine.models import Record, StoredRecord
 
 NOW = datetime(2026, 11, 27, tzinfo=UTC)
@@ -100,3 +100,36 @@ async def test_subscribers_share_one_batch_frame_and_laggards_catch_up_in_one() 
         assert [[orjson.loads(f)["id"] for f in batch] for batch in waiting] == [[3]]
         assert first.waiting() == []
         assert (first.queued, first.delivered) == (0, 3)
+
+
+async def test_many_subscribers_get_commits_gathered_into_fewer_batches(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """With many subscribers the hub waits a little (longer the more there are) and
+    publishes what committed meanwhile as one batch; notices keep their place."""
+    send, receive = trio.open_memory_channel[object](10)
+    h = BroadcastHub(receive, max_lag=1000)  # type: ignore[arg-type]
+    assert h.linger() == 0
+    with h.subscribe() as only:
+        assert h.linger() == 0  # one subscriber: published as soon as committed
+        with h.subscribe() as other:
+            assert h.linger() == 2 * LINGER_PER_SUBSCRIBER
+            h._subscribers.update({object() for _ in range(10_000)})  # type: ignore[misc]
+            assert h.linger() == MAX_LINGER
+            h._subscribers = {only, other}
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(h.run)
+                started = trio.current_time()
+                await send.send([stored(1)])
+                await send.send([stored(2), stored(3)])
+                await send.send(Notice("conn_a", {"type": "gap"}))
+                await send.send([stored(4)])
+                first = await only.__anext__()
+                second = await only.__anext__()
+                third = await only.__anext__()
+                assert trio.current_time() - started == 2 * LINGER_PER_SUBSCRIBER
+                send.close()
+            assert [orjson.loads(f)["id"] for f in first] == [1, 2, 3]
+            assert [orjson.loads(f)["type"] for f in second] == ["gap"]
+            assert [orjson.loads(f)["id"] for f in third] == [4]
+            assert h.statistics().batches_in == 2
