@@ -20,10 +20,12 @@ import orjson
 from .runner import (
     Progress,
     Scenario,
+    fanout_ceiling,
     finite,
     fresh_database,
     http_client_ceiling,
     machine,
+    machine_speed,
     naive_baseline,
     postgres,
     run_scenario,
@@ -271,6 +273,23 @@ def report(
             f"GET/s from one-second tickers, nothing stored | {baselines['http_cores']:.2f} "
             f"cores; tick lateness p99 {baselines['http_tick_p99_ms']:.0f} ms |"
         )
+    if "fanout_p99_ms" in baselines:
+        lines.append(
+            f"| fan-out ceiling (`bench.fanout`: each frame's bytes built once and written to "
+            f"every socket, no framework, no database), {baselines['fanout_megabytes_per_s']:,.0f}"
+            f" MB/s to the subscribers | sender {baselines['fanout_sender_user']:.2f} cores "
+            f"+ {baselines['fanout_sender_system']:.2f} in the kernel, subscribers "
+            f"{baselines['fanout_subscribers_cpu']:.2f} cores; p99 "
+            f"{baselines['fanout_p99_ms']:.0f} ms; slowest subscriber "
+            f"{baselines['fanout_received_min']:,.0f}/{baselines['fanout_expected']:,.0f} |"
+        )
+    if "speed_factor" in baselines:
+        lines.append(
+            f"| this machine's speed now vs. when DESIGN.md's figures (and the targets) were "
+            f"measured: Trio channel hops {baselines['speed_channel_hops']:,.0f}/s (then "
+            f"185,000), thread round trips {baselines['speed_thread_trips']:,.0f}/s (then "
+            f"12,700) | {baselines['speed_factor']:.2f}× |"
+        )
     lines += [
         "",
         "## Targets\n",
@@ -375,11 +394,11 @@ def _limits(
     if not missed:
         return [*lines, "Every target was met.\n"]
     for scenario, r in missed:
-        lines.append(f"* **{scenario.key}**: {_limit(scenario, r)}")
+        lines.append(f"* **{scenario.key}**: {_limit(scenario, r, baselines)}")
     return [*lines, ""]
 
 
-def _limit(scenario: Scenario, r: dict[str, Any]) -> str:
+def _limit(scenario: Scenario, r: dict[str, Any], b: dict[str, float]) -> str:
     engine, pg, load = (
         r["engine_us_per_record"],
         r["postgres_us_per_record"],
@@ -400,15 +419,26 @@ def _limit(scenario: Scenario, r: dict[str, Any]) -> str:
             f"the engine — one Python process, one interpreter lock — at "
             f"≈ {1e6 / engine:,.0f} msg/s. Measured: {cpu}, so {max(idle, 0):.2f} cores "
             f"stood idle: the engine's threads take turns on the interpreter lock and "
-            f"hand each batch to PostgreSQL and wait for its commit (two at a time)."
+            f"hand each batch to PostgreSQL and wait for its commit (two at a time)." + _speed(r, b)
         )
     if scenario.subscribers >= 100:
-        deliveries = r["expected"] * scenario.subscribers / r["seconds"]
-        return (
-            f"fan-out. {deliveries:,.0f} record deliveries/s were needed; every frame is "
-            f"serialized once per subscriber by hypercorn/wsproto. Measured: {cpu}; peak RSS "
-            f"{r['peak_rss_mib']:.0f} MiB; p50 {r['p50_ms']:.0f} ms."
+        deliveries = scenario.rate * scenario.subscribers
+        text = (
+            f"fan-out. {deliveries:,.0f} record deliveries/s were needed; hypercorn writes "
+            f"every frame once per subscriber through its WebSocket stack. Measured: {cpu}; "
+            f"peak RSS {r['peak_rss_mib']:.0f} MiB; p50 {r['p50_ms']:.0f} ms."
         )
+        if "fanout_p99_ms" in b:
+            sender = b["fanout_sender_user"] + b["fanout_sender_system"]
+            text += (
+                f" The fan-out ceiling at the same load (baselines) needed {sender:.2f} cores "
+                f"to send and {b['fanout_subscribers_cpu']:.2f} to receive, "
+                f"{sender + b['fanout_subscribers_cpu']:.2f} of {CORES}, for p99 "
+                f"{b['fanout_p99_ms']:.0f} ms: the engine would have to fan out within "
+                f"≈ {max(CORES - b['fanout_subscribers_cpu'] - r['postgres_cpu'], 0):.2f} "
+                f"cores, as cheaply as that bare sender, while also ingesting and storing."
+            )
+        return text
     if not scenario.batch_frames:
         return (
             f"one WebSocket send per record through Quart and hypercorn: {engine:.0f} µs of "
@@ -425,6 +455,17 @@ def _limit(scenario: Scenario, r: dict[str, Any]) -> str:
         f"{cpu} ({engine:.1f} µs engine CPU per record); latency p50 {r['p50_ms']:.1f} ms, "
         f"p99 {r['p99_ms']:.1f} ms; database flush p99 ≤ {r['flush_p99_ms']:.0f} ms (bucket "
         f"bound); {r['slow_steps']} task steps over 20 ms ({r['slow_gc']} GC pauses)."
+    )
+
+
+def _speed(r: dict[str, Any], b: dict[str, float]) -> str:
+    factor = b.get("speed_factor", float("nan"))
+    if not finite(factor):
+        return ""
+    return (
+        f" This machine ran at ≈ {factor:.2f}× the speed it had when DESIGN.md's figures "
+        f"were measured (baselines); the same CPU per record at that speed would be "
+        f"≈ {r['committed_per_s'] / factor:,.0f} msg/s — context only, the target stands."
     )
 
 
@@ -488,6 +529,12 @@ def main(argv: list[str] | None = None) -> int:
                 "store": store_ceiling(dsn, n),
             }
         baselines["transport"] = transport_ceiling(n)
+        baselines.update({f"speed_{k}": v for k, v in machine_speed().items()})
+        fans = [s for s, _ in plan if s.subscribers >= 100]
+        if fans:
+            progress.done("baseline: the fan-out ceiling at the subscriber scenario's load …")
+            fan = fanout_ceiling(fans[0].subscribers, fans[0].rate, fans[0].count)
+            baselines.update({f"fanout_{k}": v for k, v in fan.items()})
         rest = [s for s, _ in plan if s.rest_connectors]
         if rest:
             progress.done("baseline: the HTTP client alone at the REST scenario's load …")

@@ -15,6 +15,7 @@ import os
 import platform
 import re
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -42,6 +43,7 @@ from engine.storage import Database
 from engine.storage.records import insert_records
 from engine.transport import SansIOTransport
 
+from .fanout import records_json
 from .firehose import BINANCE
 
 KEY = "bench-key-0123456789abcdef-01234"
@@ -108,6 +110,48 @@ def store_ceiling(dsn: str, n: int) -> float:
             return n / (time.perf_counter() - started)
 
     return trio.run(run)
+
+
+# DESIGN.md's reference measurements of this project's machine, taken when the targets
+# were set: one Trio memory-channel hop between two tasks (measured here through a
+# buffered channel, the faster reading), and one trio.to_thread.run_sync
+# round trip, per second. Measuring the same two things now says how fast this machine is
+# today compared with then (the machine is shared; its speed moves from day to day).
+DESIGN_CHANNEL_HOPS = 185_000
+DESIGN_THREAD_TRIPS = 12_700
+
+
+def machine_speed() -> dict[str, float]:
+    """DESIGN.md's two CPU-bound reference figures, measured again now, and their ratio to
+    DESIGN.md's (geometric mean; 1.0 = as fast as when the targets were set)."""
+
+    async def run() -> tuple[float, float]:
+        n = 100_000
+        send, receive = trio.open_memory_channel[int](1000)
+
+        async def produce() -> None:
+            async with send:
+                for i in range(n):
+                    await send.send(i)
+
+        started = time.perf_counter()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(produce)
+            async for _ in receive:
+                pass
+        hops = n / (time.perf_counter() - started)
+        trips = 5_000
+        started = time.perf_counter()
+        for _ in range(trips):
+            await trio.to_thread.run_sync(int)
+        return hops, trips / (time.perf_counter() - started)
+
+    hops, trips = trio.run(run)
+    return {
+        "channel_hops": hops,
+        "thread_trips": trips,
+        "factor": math.sqrt(hops / DESIGN_CHANNEL_HOPS * trips / DESIGN_THREAD_TRIPS),
+    }
 
 
 def naive_baseline(dsn: str, n: int) -> float:
@@ -199,6 +243,42 @@ def transport_ceiling(n: int) -> float:
         return trio.run(run)
 
 
+def fanout_ceiling(subscribers: int, rate: float, count: int) -> dict[str, float]:
+    """``bench.fanout`` (pre-built frames written to every socket, nothing else) feeding
+    ``subscribers`` subscriber connections at ``rate`` records/s: the least the fan-out of
+    the ``subscribers-1000`` scenario costs on this machine. Returns CPU in cores (the
+    sender's user and kernel time apart), the slowest subscriber's count and latency."""
+    with contextlib.ExitStack() as stack:
+        fanout, line = stack.enter_context(
+            process(
+                [
+                    *("-m", "bench.fanout", "--connections", str(subscribers)),
+                    *("--count", str(count), "--rate", str(rate)),
+                ],
+                ready="PORT",
+            )
+        )
+        base = f"http://127.0.0.1:{line.split()[1]}"
+        scenario = Scenario("fanout", "", count, rate=rate, subscribers=subscribers)
+        sender = psutil.Process(fanout.pid)
+        before = sender.cpu_times()
+        procs = _start_subscribers(stack, base, scenario)
+        started = time.perf_counter()
+        results = [_subscriber_result(p) for p in procs]
+        elapsed = time.perf_counter() - started
+        after = sender.cpu_times()
+        return {
+            "sender_user": (after.user - before.user) / elapsed,
+            "sender_system": (after.system - before.system) / elapsed,
+            "subscribers_cpu": sum(r.get("cpu_seconds", 0.0) for r in results) / elapsed,
+            "received_min": min((r["received_min"] for r in results), default=0),
+            "expected": count,
+            "p99_ms": _most(r["p99_ms"] for r in results),
+            "p50_ms": _most(r["p50_ms"] for r in results),
+            "megabytes_per_s": subscribers * rate * len(",".join(records_json(0, 100))) / 100e6,
+        }
+
+
 def http_client_ceiling(pollers: int, seconds: float) -> dict[str, float]:
     """The HTTP client alone: ``pollers`` tasks, each a GET a second through one shared
     httpx client (as the REST connectors share one) against the firehose; nothing stored.
@@ -248,7 +328,9 @@ def profiled(pid: int, output: str | None) -> Iterator[None]:
     if not output:
         yield
         return
-    command = ["py-spy", "record", "--pid", str(pid), "--rate", "250", "--output", output]
+    # py-spy is a dev dependency: it sits next to this interpreter, maybe not on PATH.
+    spy_bin = shutil.which("py-spy", path=os.path.dirname(sys.executable)) or "py-spy"
+    command = [spy_bin, "record", "--pid", str(pid), "--rate", "250", "--gil", "--output", output]
     if output.endswith(".txt"):
         command += ["--format", "raw"]
     spy = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
