@@ -44,7 +44,11 @@ QUEUE_BATCHES = 4096
 # written per second stay about the same however many subscribers there are.
 LINGER_PER_SUBSCRIBER = 50e-6
 MAX_LINGER = 0.05
-CATCH_UP_RECORDS = 500  # at most about this many records in one catch-up frame
+# At most this many records per published batch (so per batch frame, ≈ 250 KB for trades):
+# clients' default message limits (1 MiB in the websockets package) hold even when the
+# writer commits big batches or the hub gathers several.
+FRAME_RECORDS = 500
+CATCH_UP_RECORDS = 500  # a catch-up frame takes queued batches until about this many
 
 
 @attrs.frozen
@@ -276,6 +280,10 @@ class BroadcastHub:
         self.records_in += len(batch)
         if not self._subscribers:
             return
+        for i in range(0, len(batch), FRAME_RECORDS):
+            self._publish(batch[i : i + FRAME_RECORDS] if len(batch) > FRAME_RECORDS else batch)
+
+    def _publish(self, batch: list[StoredRecord]) -> None:
         started = time.perf_counter()
         frames = Frames([encode_event(item) for item in batch])
         self.frames_encoded += len(frames)

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 import orjson
 import trio
 
-from engine.hub import LINGER_PER_SUBSCRIBER, MAX_LINGER, BroadcastHub, Notice
+from engine.hub import FRAME_RECORDS, LINGER_PER_SUBSCRIBER, MAX_LINGER, BroadcastHub, Notice
 from engine.models import Record, StoredRecord
 
 NOW = datetime(2026, 11, 27, tzinfo=UTC)
@@ -133,3 +133,15 @@ async def test_many_subscribers_get_commits_gathered_into_fewer_batches(
             assert [orjson.loads(f)["type"] for f in second] == ["gap"]
             assert [orjson.loads(f)["id"] for f in third] == [4]
             assert h.statistics().batches_in == 2
+
+
+async def test_a_big_commit_goes_out_in_frames_of_bounded_size() -> None:
+    """However big the writer's batch, a batch frame holds at most FRAME_RECORDS records
+    (clients' default message limits are about 1 MiB)."""
+    h = BroadcastHub(trio.open_memory_channel[list[StoredRecord]](0)[1], max_lag=10_000)
+    with h.subscribe() as sub:
+        h.publish([stored(n) for n in range(2 * FRAME_RECORDS + 7)])
+        sizes = [len(await sub.__anext__()) for _ in range(3)]
+        assert sizes == [FRAME_RECORDS, FRAME_RECORDS, 7]
+        assert sub.waiting() == []
+    assert h.statistics().records_in == 2 * FRAME_RECORDS + 7
