@@ -18,6 +18,7 @@ import attrs
 import orjson
 
 from .runner import (
+    STORE_BATCH,
     Progress,
     Scenario,
     fanout_ceiling,
@@ -263,7 +264,8 @@ def report(
         "| baseline | rate |",
         "|---|---|",
         f"| naive design: asyncio, one INSERT + COMMIT per message | {naive:,.0f} msg/s |",
-        f"| store ceiling: binary COPY of the firehose's rows, 2,000 per batch, no network "
+        f"| store ceiling: binary COPY of the firehose's rows, {STORE_BATCH:,} per batch (the "
+        "writer's default), no network "
         f"| {store:,.0f} rows/s |",
         f"| transport ceiling: receive + parse only, no storage | {transport:,.0f} msg/s |",
     ]
@@ -541,7 +543,7 @@ def main(argv: list[str] | None = None) -> int:
             http = http_client_ceiling(rest[0].rest_connectors, 3 if args.smoke else 15)
             baselines.update({f"http_{k}": v for k, v in http.items()})
         for scenario, target in plan:
-            profile = f"{args.profile}/{scenario.key}.svg" if args.profile else None
+            profile = f"{args.profile}/{scenario.key}.txt" if args.profile else None
             rows.append((scenario, target, run_scenario(admin, scenario, progress, profile)))
     command = (
         "python -m bench" + (" --full" if args.full else "") + (" --smoke" if args.smoke else "")

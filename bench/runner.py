@@ -97,16 +97,20 @@ def firehose_records(n: int) -> list[Record]:
     return records
 
 
+STORE_BATCH: int = attrs.fields(Settings).batch_size.default
+
+
 def store_ceiling(dsn: str, n: int) -> float:
-    """Rows/s for binary COPY of the firehose's rows, 2,000 per batch, no network source."""
+    """Rows/s for binary COPY of the firehose's rows in the writer's default batch size
+    (:data:`STORE_BATCH`), no network source."""
     settings = Settings(postgres_dsn=dsn, pool_min=1, pool_max=2, encryption_key=KEY)
     records = firehose_records(n)
 
     async def run() -> float:
         async with Database.open(settings) as db:
             started = time.perf_counter()
-            for i in range(0, n, 2000):
-                await db.sink(insert_records, records[i : i + 2000])
+            for i in range(0, n, STORE_BATCH):
+                await db.sink(insert_records, records[i : i + STORE_BATCH])
             return n / (time.perf_counter() - started)
 
     return trio.run(run)

@@ -33,7 +33,7 @@ class Settings:
     pool_min: int = 5
     pool_max: int = 20
     pool_timeout: float = 10.0
-    batch_size: int = 2000
+    batch_size: int = 5000
     write_concurrency: int = 2
     http_client: str = "lean"  # REST pollers: "lean" (own connection each) or "httpx"
     gc_freeze: bool = False  # from_env turns it on: a server process, not a test
@@ -77,7 +77,7 @@ class Settings:
             pool_min=_int(env, "SLUICE_POOL_MIN", 5, 1, 1000),
             pool_max=_int(env, "SLUICE_POOL_MAX", 20, 1, 1000),
             pool_timeout=_float(env, "SLUICE_POOL_TIMEOUT", 10.0, 0.1, 3600),
-            batch_size=_int(env, "SLUICE_BATCH_SIZE", 2000, 1, 100_000),
+            batch_size=_int(env, "SLUICE_BATCH_SIZE", 5000, 1, 100_000),
             write_concurrency=_int(env, "SLUICE_WRITE_CONCURRENCY", 2, 1, 8),
             http_client=_choice(env, "SLUICE_HTTP_CLIENT", "lean", ("lean", "httpx")),
             gc_freeze=_bool(env, "SLUICE_GC_FREEZE", True),

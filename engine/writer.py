@@ -82,7 +82,7 @@ class BatchWriter:
     db: Database
     receive_channel: trio.MemoryReceiveChannel[WriterInput]
     send_channel: trio.MemorySendChannel[HubItem]
-    batch_size: int = 2000
+    batch_size: int = 5000
     journal: Journal = no_journal
     max_age: float = 0.05
     concurrency: int = 2
