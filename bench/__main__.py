@@ -543,7 +543,7 @@ def main(argv: list[str] | None = None) -> int:
             http = http_client_ceiling(rest[0].rest_connectors, 3 if args.smoke else 15)
             baselines.update({f"http_{k}": v for k, v in http.items()})
         for scenario, target in plan:
-            profile = f"{args.profile}/{scenario.key}.txt" if args.profile else None
+            profile = f"{args.profile}/{scenario.key}.svg" if args.profile else None
             rows.append((scenario, target, run_scenario(admin, scenario, progress, profile)))
     command = (
         "python -m bench" + (" --full" if args.full else "") + (" --smoke" if args.smoke else "")
