@@ -53,6 +53,11 @@ MAX_LINGER = 0.05
 # many the hub gathers.
 FRAME_RECORDS = 500
 CATCH_UP_RECORDS = 500  # a catch-up frame takes queued batches until about this many
+# A queued batch this big goes to a subscriber that is behind as its own frame, whose text
+# every subscriber shares (and the server frames once), rather than copied into a frame of
+# its own: a thousand subscribers each building its own catch-up frames cost so much that
+# they fell further behind (measured: p99 0.7 s → 2–5 s, RSS 130 MiB → 1.1 GiB).
+SHARED_RECORDS = 100
 
 
 @attrs.frozen
@@ -143,6 +148,36 @@ class Frames(list[str]):
         except AttributeError:
             self._batch_text: str = batch_frame(self)
             return self._batch_text
+
+
+def catch_up(batches: list[Frames]) -> list[str]:
+    """Frame texts, in order, for a batch-mode subscriber with ``batches`` queued: a batch
+    of ``SHARED_RECORDS`` or more is sent as its own shared frame; runs of smaller ones are
+    joined into frames of about ``CATCH_UP_RECORDS``."""
+    texts: list[str] = []
+    run: list[Frames] = []
+    size = 0
+
+    def flush() -> None:
+        nonlocal size
+        if len(run) == 1:
+            texts.append(run[0].batch_text())
+        elif run:
+            texts.append(batch_frame([frame for batch in run for frame in batch]))
+        run.clear()
+        size = 0
+
+    for batch in batches:
+        if len(batch) >= SHARED_RECORDS:
+            flush()
+            texts.append(batch.batch_text())
+            continue
+        run.append(batch)
+        size += len(batch)
+        if size >= CATCH_UP_RECORDS:
+            flush()
+    flush()
+    return texts
 
 
 def batch_frame(frames: list[str]) -> str:

@@ -28,7 +28,7 @@ from wsproto.frame_protocol import FrameProtocol, Opcode
 
 _ORIGINAL = FrameProtocol._serialize_frame
 _ORIGINAL_SEND_DATA = FrameProtocol.send_data
-RECENT_FRAMES = 8
+RECENT_FRAMES = 16
 # id(text) -> (text, frame): the text is kept, so its id cannot be reused while listed.
 _recent: OrderedDict[int, tuple[str, bytes | bytearray]] = OrderedDict()
 _SHORT = struct.Struct("!BBH")

@@ -7,7 +7,17 @@ from datetime import UTC, datetime
 import orjson
 import trio
 
-from engine.hub import FRAME_RECORDS, LINGER_PER_SUBSCRIBER, MAX_LINGER, BroadcastHub, Notice
+from engine.hub import (
+    CATCH_UP_RECORDS,
+    FRAME_RECORDS,
+    LINGER_PER_SUBSCRIBER,
+    MAX_LINGER,
+    SHARED_RECORDS,
+    BroadcastHub,
+    Frames,
+    Notice,
+    catch_up,
+)
 from engine.models import Record, StoredRecord
 
 NOW = datetime(2026, 11, 27, tzinfo=UTC)
@@ -145,3 +155,23 @@ async def test_a_big_commit_goes_out_in_frames_of_bounded_size() -> None:
         assert sizes == [FRAME_RECORDS, FRAME_RECORDS, 7]
         assert sub.waiting() == []
     assert h.statistics().records_in == 2 * FRAME_RECORDS + 7
+
+
+def test_a_subscriber_behind_sends_big_batches_shared_and_joins_small_ones() -> None:
+    def batch(first: int, n: int) -> Frames:
+        return Frames(f'{{"id":{i}}}' for i in range(first, first + n))
+
+    big = batch(0, SHARED_RECORDS)
+    small = [batch(1000 + 10 * k, 10) for k in range(3)]
+    texts = catch_up([small[0], small[1], big, small[2]])
+    assert texts[1] is big.batch_text()  # the very text every other subscriber sends
+    assert texts[2] is small[2].batch_text()  # a lone small batch is shared too
+    assert [r["id"] for r in orjson.loads(texts[0])["records"]] == [
+        *range(1000, 1010),
+        *range(1010, 1020),
+    ]
+    many = [batch(10 * k, 10) for k in range(CATCH_UP_RECORDS // 10 + 5)]
+    joined = catch_up(many)
+    assert [len(orjson.loads(t)["records"]) for t in joined] == [CATCH_UP_RECORDS, 50]
+    every = [r["id"] for t in joined for r in orjson.loads(t)["records"]]
+    assert every == list(range(10 * len(many)))

@@ -28,7 +28,7 @@ import orjson
 import trio
 from quart import Blueprint, Response, websocket
 
-from engine.hub import Filter, Notice, Subscription, batch_frame
+from engine.hub import Filter, Notice, Subscription, catch_up
 
 from ..context import engine, json_body
 from ..responses import detail, json_response
@@ -112,16 +112,12 @@ async def realtime() -> Response | None:
             nursery.start_soon(_listen, sub, mode)
             async for frames in sub:
                 if mode["batch"]:
-                    # Behind? Send everything queued as one frame. Else the frame text
+                    # Behind? Queued batches go out as shared frames where they are big
+                    # and joined where they are small (see catch_up). Else the frame text
                     # shared by every subscriber with the same filter.
                     more = sub.waiting()
-                    if more:
-                        everything = list(frames)
-                        for queued in more:
-                            everything += queued
-                        await _send(batch_frame(everything))
-                    else:
-                        await _send(frames.batch_text())
+                    for text in catch_up([frames, *more]) if more else [frames.batch_text()]:
+                        await _send(text)
                 else:
                     for queued in [frames, *sub.waiting()]:
                         for frame in queued:
