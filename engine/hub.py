@@ -56,7 +56,7 @@ CATCH_UP_RECORDS = 500  # a catch-up frame takes queued batches until about this
 # A queued batch this big goes to a subscriber that is behind as its own frame, whose text
 # every subscriber shares (and the server frames once), rather than copied into a frame of
 # its own: a thousand subscribers each building its own catch-up frames cost so much that
-# they fell further behind (measured: p99 0.7 s → 2–5 s, RSS 130 MiB → 1.1 GiB).
+# they fell further behind (measured: p99 0.7 s → 2 to 5 s, RSS 130 MiB → 1.1 GiB).
 SHARED_RECORDS = 100
 
 
