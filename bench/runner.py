@@ -293,7 +293,10 @@ def http_client_ceiling(pollers: int, seconds: float) -> dict[str, float]:
         async def run() -> dict[str, float]:
             late: list[float] = []
             limits = httpx.Limits(max_connections=200, max_keepalive_connections=50)
-            async with httpx.AsyncClient(limits=limits) as client:
+            # No pool timeout: a poller waiting for a free connection is late, and lateness
+            # is what this measures.
+            timeout = httpx.Timeout(30.0, pool=None)
+            async with httpx.AsyncClient(limits=limits, timeout=timeout) as client:
 
                 async def poll(offset: float, end: float) -> None:
                     tick = trio.current_time() + offset
