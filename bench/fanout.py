@@ -20,38 +20,24 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
-import time
-from datetime import UTC, datetime
 
 import attrs
 import trio
 from websockets.http11 import Request
 from websockets.server import ServerProtocol
 
-from engine.hub import encode_event
+from engine.hub import batch_frame, encode_event
 from engine.models import StoredRecord
-from engine.normalize import decode, normalizer_for
-from engine.normalize.common import Context
 
-from .firehose import BINANCE, frame
+from .firehose import firehose_records, frame
 
 TICKS_PER_SECOND = 100
 
 
 def records_json(first: int, n: int) -> list[str]:
     """``n`` realtime records as Sluice encodes them, stamped now."""
-    ctx = Context("conn_0123456789abcdef", "binance")
-    normalize = normalizer_for("binance")
-    now = time.time()
-    ms = int(now * 1000)
-    received = datetime.now(UTC)
-    out = []
-    for i in range(first, first + n):
-        text = BINANCE % (ms, i, i % 1000, i % 100, ms, "true" if i % 2 else "false", now)
-        result = normalize(*decode(text.encode()), ctx, received)
-        assert isinstance(result, list)
-        out += [encode_event(StoredRecord(id=i, record=r)) for r in result]
-    return out
+    records = firehose_records(first, n, "conn_0123456789abcdef")
+    return [encode_event(StoredRecord(id=first + k, record=r)) for k, r in enumerate(records)]
 
 
 @attrs.define(eq=False)
@@ -115,8 +101,7 @@ class Fanout:
         sent = 0
         while sent < self.count:
             n = min(per_tick, self.count - sent)
-            payload = '{"type":"data_batch","records":[' + ",".join(records_json(sent, n)) + "]}"
-            data = frame(payload.encode())
+            data = frame(batch_frame(records_json(sent, n)).encode())
             for peer in self.peers:
                 peer.pending.append(data)
                 peer.wake.set()

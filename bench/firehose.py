@@ -25,6 +25,7 @@ import struct
 import sys
 import time
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from urllib.parse import parse_qs, urlsplit
 
 import attrs
@@ -32,6 +33,10 @@ import orjson
 import trio
 from websockets.http11 import Request
 from websockets.server import ServerProtocol
+
+from engine.models import Record
+from engine.normalize import decode, normalizer_for
+from engine.normalize.common import Context
 
 MAX_CHUNK = 200
 BINANCE = (
@@ -55,14 +60,31 @@ def frame(payload: bytes) -> bytes:
     return b"\x81\x7f" + struct.pack("!Q", n) + payload
 
 
+def binance_trade(i: int, ms: int, now: float) -> str:
+    """Trade number ``i`` as a Binance ``trade`` event, sent at ``now`` (``ms`` in ms)."""
+    return BINANCE % (ms, i, i % 1000, i % 100, ms, "true" if i % 2 else "false", now)
+
+
 def binance_chunk(first: int, n: int) -> bytes:
     now = time.time()
     ms = int(now * 1000)
-    maker = ("false", "true")
-    return b"".join(
-        frame((BINANCE % (ms, i, i % 1000, i % 100, ms, maker[i % 2], now)).encode())
-        for i in range(first, first + n)
-    )
+    return b"".join(frame(binance_trade(i, ms, now).encode()) for i in range(first, first + n))
+
+
+def firehose_records(first: int, n: int, connector_id: str = "conn_bench") -> list[Record]:
+    """The records trades ``first`` … ``first + n - 1`` normalize to, stamped now, built
+    without a network (for the store and fan-out baselines)."""
+    ctx = Context(connector_id, "binance")
+    normalize = normalizer_for("binance")
+    now = time.time()
+    ms = int(now * 1000)
+    received = datetime.now(UTC)
+    records: list[Record] = []
+    for i in range(first, first + n):
+        result = normalize(*decode(binance_trade(i, ms, now).encode()), ctx, received)
+        assert isinstance(result, list)
+        records += result
+    return records
 
 
 def okx_chunk(first: int, n: int, per_message: int) -> bytes:

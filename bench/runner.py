@@ -23,7 +23,6 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
@@ -36,15 +35,12 @@ import trio
 from psycopg import sql
 
 from engine.config import Settings
-from engine.models import Record
-from engine.normalize import decode, normalizer_for
-from engine.normalize.common import Context
 from engine.storage import Database
 from engine.storage.records import insert_records
 from engine.transport import SansIOTransport
 
 from .fanout import records_json
-from .firehose import BINANCE
+from .firehose import firehose_records
 
 KEY = "bench-key-0123456789abcdef-01234"
 
@@ -80,23 +76,6 @@ def fresh_database(admin: str, prefix: str = "sluice_bench") -> Iterator[str]:
             )
 
 
-def firehose_records(n: int) -> list[Record]:
-    """The records the firehose's Binance trades normalize to, built without a network."""
-    ctx = Context("conn_bench", "binance")
-    normalize = normalizer_for("binance")
-    now = time.time()
-    ms = int(now * 1000)
-    received = datetime.now(UTC)
-    records: list[Record] = []
-    for i in range(n):
-        text = BINANCE % (ms, i, i % 1000, i % 100, ms, "true" if i % 2 else "false", now)
-        msg, raw = decode(text.encode())
-        result = normalize(msg, raw, ctx, received)
-        assert isinstance(result, list)
-        records.extend(result)
-    return records
-
-
 STORE_BATCH: int = attrs.fields(Settings).batch_size.default
 
 
@@ -104,7 +83,7 @@ def store_ceiling(dsn: str, n: int) -> float:
     """Rows/s for binary COPY of the firehose's rows in the writer's default batch size
     (:data:`STORE_BATCH`), no network source."""
     settings = Settings(postgres_dsn=dsn, pool_min=1, pool_max=2, encryption_key=KEY)
-    records = firehose_records(n)
+    records = firehose_records(0, n)
 
     async def run() -> float:
         async with Database.open(settings) as db:

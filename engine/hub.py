@@ -287,12 +287,13 @@ class BroadcastHub:
             # Records committed meanwhile go out with these, as one batch (notices keep
             # their place in the order).
             batch = list(item)
-            with trio.move_on_after(self.linger()):
+            linger = self.linger()
+            with trio.move_on_after(linger):
                 while True:
                     try:
                         more = receive.receive_nowait()
                     except trio.WouldBlock:
-                        if not self.linger():
+                        if not linger:
                             break
                         more = await receive.receive()
                     except trio.EndOfChannel:
