@@ -53,6 +53,38 @@ OPTION_KEYS = frozenset(
     }
 )
 SECRET_FIELDS = ("api_key", "api_secret", "passphrase", "bearer_token", "username", "password")
+#: Credentials each ``auth_type`` needs on a REST connector (HMAC's OKX preset: also the
+#: passphrase). The OpenAPI document's conditions are built from this table too.
+REQUIRED_SECRETS: dict[str, tuple[str, ...]] = {
+    "API_KEY": ("api_key",),
+    "BEARER": ("bearer_token",),
+    "BASIC": ("username", "password"),
+    "HMAC": ("api_key", "api_secret"),
+}
+OKX_EXTRA_SECRETS = ("passphrase",)
+#: Header and query names that hold credentials, matched as parts of the name with case,
+#: ``-`` and ``_`` ignored (``Authorization``, ``X-MBX-APIKEY``, ``OK-ACCESS-SIGN``,
+#: ``apiKey``, ``session_token``, ``Cookie``, …). Their values are masked in responses;
+#: every value is encrypted at rest whatever its name.
+CREDENTIAL_NAME_PARTS = (
+    "auth",
+    "cookie",
+    "sign",
+    "key",
+    "token",
+    "secret",
+    "password",
+    "passwd",
+    "passphrase",
+    "credential",
+    "session",
+)
+
+
+def is_credential_name(name: str) -> bool:
+    """Whether a header or query parameter called ``name`` carries a credential."""
+    folded = name.lower().replace("-", "").replace("_", "")
+    return any(part in folded for part in CREDENTIAL_NAME_PARTS)
 
 
 @attrs.frozen
@@ -98,17 +130,9 @@ def check_options(auth_type: str, options: Mapping[str, Any]) -> str | None:
 
 def missing_secrets(auth_type: str, options: Mapping[str, Any], creds: Credentials) -> list[str]:
     """Which credentials ``auth_type`` needs but are not set."""
-    need: tuple[str, ...] = ()
-    if auth_type == "API_KEY":
-        need = ("api_key",)
-    elif auth_type == "BEARER":
-        need = ("bearer_token",)
-    elif auth_type == "BASIC":
-        need = ("username", "password")
-    elif auth_type == "HMAC":
-        need = ("api_key", "api_secret")
-        if options.get("preset") == "okx":
-            need += ("passphrase",)
+    need = REQUIRED_SECRETS.get(auth_type, ())
+    if auth_type == "HMAC" and options.get("preset") == "okx":
+        need += OKX_EXTRA_SECRETS
     return [name for name in need if not getattr(creds, name)]
 
 

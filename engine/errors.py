@@ -49,10 +49,12 @@ class BadMessage(SluiceError):
     ``oversized``, ``bad_value``, …) used as the counter name.
     """
 
-    def __init__(self, category: str, detail: str) -> None:
+    def __init__(self, category: str, detail: str, *, field: str | None = None) -> None:
         super().__init__(f"{category}: {detail}")
         self.category = category
         self.detail = detail
+        #: The request field at fault, when the message came with explicit overrides.
+        self.field = field
 
 
 class BadRequest(SluiceError):

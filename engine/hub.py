@@ -109,31 +109,50 @@ class Filter:
 EVERYTHING = Filter()
 
 
-def record_event(item: StoredRecord) -> dict[str, Any]:
-    """The realtime ``data_update`` object for one committed record."""
+def _number(text: str | None) -> orjson.Fragment | None:
+    # Decimal text from the normalizers is valid JSON number text: the source's own digits
+    # go out as a JSON number, never through a float.
+    return None if text is None else orjson.Fragment(text)
+
+
+def record_event(item: StoredRecord, *, strings: bool = False) -> dict[str, Any]:
+    """The realtime ``data_update`` object for one committed record, in the original
+    service's shape. Prices and sizes are JSON numbers written with the source's digits,
+    or, with ``strings``, JSON strings holding them."""
     r = item.record
-    return {
+    num = _identity if strings else _number
+    event = {
         "type": "data_update",
         "id": item.id,
+        "source_id": r.source_id,
+        "session_id": r.session_id,
         "connector_id": r.connector_id,
         "timestamp": r.timestamp,
         "received_at": r.received_at,
         "exchange": r.exchange,
         "instrument": r.instrument,
-        "price": r.price,
-        "size": r.size,
+        "price": num(r.price),
+        "size": num(r.size),
         "side": r.side,
         "message_type": r.message_type,
-        "bid_price": r.bid_price,
-        "bid_size": r.bid_size,
-        "ask_price": r.ask_price,
-        "ask_size": r.ask_size,
+        "bid_price": num(r.bid_price),
+        "bid_size": num(r.bid_size),
+        "ask_price": num(r.ask_price),
+        "ask_size": num(r.ask_size),
         "data": orjson.Fragment(r.data),
     }
+    if r.source == "rest":
+        event["status_code"] = r.status_code
+        event["response_time_ms"] = r.response_time_ms
+    return event
 
 
-def encode_event(item: StoredRecord) -> str:
-    return orjson.dumps(record_event(item)).decode()
+def _identity(text: str | None) -> str | None:
+    return text
+
+
+def encode_event(item: StoredRecord, *, strings: bool = False) -> str:
+    return orjson.dumps(record_event(item, strings=strings)).decode()
 
 
 class Frames(list[str]):
@@ -197,6 +216,8 @@ class Subscription:
     _receive: trio.MemoryReceiveChannel[Frames]
     _send: trio.MemorySendChannel[Frames]
     filter: Filter = EVERYTHING
+    #: Prices and sizes as JSON strings instead of JSON numbers (``numbers=string``).
+    strings: bool = False
     closed_reason: str | None = None
     queued: int = 0
     delivered: int = 0
@@ -263,12 +284,14 @@ class BroadcastHub:
         return len(self._subscribers) >= self.max_subscribers
 
     @contextlib.contextmanager
-    def subscribe(self, filter_: Filter = EVERYTHING) -> Iterator[Subscription]:
+    def subscribe(
+        self, filter_: Filter = EVERYTHING, *, strings: bool = False
+    ) -> Iterator[Subscription]:
         """Register a subscriber; raises :class:`TooManySubscribers` at the cap."""
         if self.full:
             raise TooManySubscribers(f"at most {self.max_subscribers} realtime subscribers")
         send, receive = trio.open_memory_channel[Frames](QUEUE_BATCHES)
-        sub = Subscription(receive, send, filter_)
+        sub = Subscription(receive, send, filter_, strings)
         self._subscribers.add(sub)
         try:
             yield sub
@@ -325,9 +348,16 @@ class BroadcastHub:
 
     def _publish(self, batch: list[StoredRecord]) -> None:
         started = time.perf_counter()
-        frames = Frames([encode_event(item) for item in batch])
-        self.frames_encoded += len(frames)
+        numbers = Frames([encode_event(item) for item in batch])
+        strings: Frames | None = None  # encoded once, when a subscriber first wants them
+        self.frames_encoded += len(numbers)
         for sub in list(self._subscribers):
+            frames = numbers
+            if sub.strings:
+                if strings is None:
+                    strings = Frames([encode_event(item, strings=True) for item in batch])
+                    self.frames_encoded += len(strings)
+                frames = strings
             f = sub.filter
             if f is EVERYTHING or f.everything:
                 self._offer(sub, frames)

@@ -16,7 +16,7 @@ import orjson
 from .errors import BadMessage
 from .models import Record
 from .normalize import Context, Control, Normalizer, normalizer_for
-from .normalize.common import decimal_text, epoch_to_datetime, text_field
+from .normalize.common import decimal_text, epoch_to_datetime, make_record, text_field
 
 
 @attrs.frozen
@@ -41,15 +41,49 @@ def records_from_message(
     idempotency_key: str | None = None,
     batch_id: int | None = None,
     normalizer: Normalizer | None = None,
+    message_number: int | None = None,
+    format: str | None = None,
 ) -> list[Record]:
     """Normalize ``message``; raise :class:`BadMessage` if it cannot be stored (including a
-    control message such as a subscription ack, which holds no data)."""
+    control message such as a subscription ack, which holds no data, and a message that
+    holds no records). ``exchange="raw"`` stores the message whole as one record.
+
+    A bad override names its field in :attr:`BadMessage.field`."""
     if b"\\u0000" in (raw := orjson.dumps(message)):
         raise BadMessage("nul_character", "PostgreSQL cannot store \\u0000 in JSON")
-    normalize = normalizer or normalizer_for(exchange)
-    result = normalize(message, raw, Context(connector_id, exchange), received_at)
+    ctx = Context(connector_id, exchange)
+    if exchange == "raw" and normalizer is None:
+        result: list[Record] | Control = [
+            make_record(ctx, received_at, raw, message_type="message")
+        ]
+    else:
+        normalize = normalizer or normalizer_for(exchange)
+        result = normalize(message, raw, ctx, received_at)
     if isinstance(result, Control):
         raise BadMessage("control", f"a {result.kind} message holds no data to store")
+    if not result:
+        raise BadMessage("empty", "the message holds no records")
+    try:
+        changes = _overrides(overrides)
+    except BadMessage as exc:
+        field = exc.detail.split(" ", 1)[0]
+        raise BadMessage(exc.category, exc.detail, field=field) from None
+    if batch_id is not None:
+        changes["batch_id"] = batch_id
+    if message_number is not None:
+        changes["message_number"] = message_number
+    if format is not None:
+        changes["format"] = format
+    records = []
+    for i, record in enumerate(result):
+        extra = dict(changes)
+        if idempotency_key is not None:
+            extra["dedup_key"] = f"k:{idempotency_key}:{i}"
+        records.append(attrs.evolve(record, **extra) if extra else record)
+    return records
+
+
+def _overrides(overrides: Overrides) -> dict[str, Any]:
     changes: dict[str, Any] = {}
     if overrides.instrument is not None:
         changes["instrument"] = text_field(overrides.instrument, "instrument")
@@ -63,12 +97,4 @@ def records_from_message(
         changes["message_type"] = overrides.message_type
     if overrides.timestamp is not None:
         changes["timestamp"] = epoch_to_datetime(overrides.timestamp, "timestamp")
-    if batch_id is not None:
-        changes["batch_id"] = batch_id
-    records = []
-    for i, record in enumerate(result):
-        extra = dict(changes)
-        if idempotency_key is not None:
-            extra["dedup_key"] = f"k:{idempotency_key}:{i}"
-        records.append(attrs.evolve(record, **extra) if extra else record)
-    return records
+    return changes

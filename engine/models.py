@@ -53,6 +53,9 @@ class ConnectorSpec:
     auth_options: dict[str, Any] = attrs.field(factory=dict)
     #: REST: a JSON body sent with every request (POST/PUT/PATCH).
     request_body: Any = None
+    #: Header and query names the user marked as credentials, masked in responses like
+    #: the names that look like credentials: ``{"headers": [...], "query_params": [...]}``.
+    secret_names: dict[str, list[str]] = attrs.field(factory=dict)
 
 
 @attrs.frozen(slots=True)
@@ -84,6 +87,14 @@ class Record:
     batch_id: int | None = None
     status_code: int | None = None
     response_time_ms: float | None = None
+    #: The source's own id of the record (trade id, sequence), as text; ``None`` if it has
+    #: none. ``dedup_key`` is built from it.
+    source_id: str | None = None
+    #: One id per connector run: new on every start and restart (``None`` for saves).
+    session_id: str | None = None
+    #: A saved message's ``messageNumber`` and ``format``, as the client sent them.
+    message_number: int | None = None
+    format: str | None = None
 
 
 @attrs.frozen(slots=True)
@@ -111,6 +122,8 @@ class SourceBatch:
     #: REST only: the response's status code and time, kept on every record from it.
     status_code: int | None = None
     response_time_ms: float | None = None
+    #: The connector run these frames were read in (see ``Record.session_id``).
+    session_id: str | None = None
 
 
 @attrs.frozen

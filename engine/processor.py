@@ -87,7 +87,7 @@ class Processor:
         counters = self._sources.get(batch.connector_id)
         if counters is None:
             counters = self._sources[batch.connector_id] = SourceCounters()
-        ctx = Context(batch.connector_id, batch.exchange)
+        ctx = Context(batch.connector_id, batch.exchange, batch.session_id)
         normalize = batch.normalizer or normalizer_for(batch.exchange)
         records: list[Record] = []
         last_ts, received_at = None, None

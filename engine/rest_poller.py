@@ -36,6 +36,7 @@ from .http_client import HttpClient, ResponseTooLarge
 from .metrics import Histogram
 from .models import ConnectorSpec, ErrorEvent, Journal, SourceBatch, no_journal
 from .normalize import Normalizer, normalizer_for
+from .sources import new_session_id
 from .stopping import StopSwitch
 
 TICK_LATENESS_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0)
@@ -100,6 +101,8 @@ class RestPoller:
     last_message_at: float | None = None
     last_error: str | None = None
     started_at: datetime | None = None
+    #: New on every run (start, restart after a crash): tells a client the sessions apart.
+    session_id: str | None = None
     # How late each tick started against its grid time; shared by all pollers.
     tick_lateness: Histogram = attrs.field(factory=lambda: Histogram(TICK_LATENESS_BUCKETS))
     _not_before: float = 0.0
@@ -120,6 +123,7 @@ class RestPoller:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         if self.started_at is None:
             self.started_at = datetime.now(UTC)
+        self.session_id = new_session_id()
         stop_scope = self._stop.new_scope()
         self.status = "running"
         task_status.started()
@@ -173,6 +177,7 @@ class RestPoller:
                 source="rest",
                 status_code=code,
                 response_time_ms=elapsed_ms,
+                session_id=self.session_id,
             )
             await self.send_channel.send(batch)
             return

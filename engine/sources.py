@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import secrets
 from urllib.parse import urlsplit
 
 from .models import Protocol
@@ -49,3 +50,8 @@ def detect_exchange(url: str) -> str:
         if any(label.startswith(name) for label in labels):
             return name
     return "custom"
+
+
+def new_session_id() -> str:
+    """An id for one connector run (``sess_`` + 12 hex digits), new on every start."""
+    return "sess_" + secrets.token_hex(6)

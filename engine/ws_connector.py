@@ -43,6 +43,7 @@ from .backoff import Backoff
 from .errors import SourceUnavailable
 from .models import ConnectorSpec, ErrorEvent, GapEvent, Journal, SourceBatch, no_journal
 from .normalize import Normalizer, normalizer_for
+from .sources import new_session_id
 from .stopping import StopSwitch
 from .transport import Connection, Transport
 
@@ -108,6 +109,8 @@ class WebSocketConnector:
     last_message_at: float | None = None
     last_error: str | None = None
     started_at: datetime | None = None
+    #: New on every run (start, restart after a crash): tells a client the sessions apart.
+    session_id: str | None = None
     _forward_idle: bool = False  # the forwarding task waits for frames (none in hand)
     _frames: list[bytes | str] = attrs.field(factory=list)
     _times: list[float] = attrs.field(factory=list)
@@ -139,6 +142,7 @@ class WebSocketConnector:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         if self.started_at is None:
             self.started_at = datetime.now(UTC)
+        self.session_id = new_session_id()
         stop_scope = self._stop.new_scope()
         self._reading_done = False
         async with trio.open_nursery() as nursery:
@@ -329,7 +333,14 @@ class WebSocketConnector:
                     return
 
     def _batch(self, frames: list[bytes | str], times: list[float]) -> SourceBatch:
-        return SourceBatch(self.connector_id, self.spec.exchange, frames, times, self._normalizer)
+        return SourceBatch(
+            self.connector_id,
+            self.spec.exchange,
+            frames,
+            times,
+            self._normalizer,
+            session_id=self.session_id,
+        )
 
     async def _send_batch(self, frames: list[bytes | str], times: list[float]) -> bool:
         """Hand one batch to the processor; False if it had to be dropped on stop."""

@@ -9,14 +9,22 @@ from urllib.parse import urlsplit
 
 import attrs
 
-from engine.auth import SECRET_FIELDS, Credentials, check_options, missing_secrets
+from engine.auth import SECRET_FIELDS, Credentials, missing_secrets
 from engine.crypto import Keyring
 from engine.egress import EgressDenied, EgressPolicy
 from engine.models import ConnectorSpec
 from engine.sources import detect_exchange, protocol_for
 
-from .schemas import MASK, ConnectorCreate
-from .validation import error, structure
+from .schemas import MASK, ConnectorCreate, auth_options_dict
+from .validation import RequestValidationError, error, structure
+
+
+class EgressRefused(RequestValidationError):
+    """``api_url`` is well formed but the egress policy refuses its address (→ 403): a
+    policy decision about a valid request, not a malformed one."""
+
+    status = 403
+
 
 # Fields a client may send; everything else (connector_id, status, …) is server-owned.
 PUBLIC_FIELDS = [a.name for a in attrs.fields(ConnectorCreate)]
@@ -27,6 +35,8 @@ def editable_view(spec: ConnectorSpec) -> dict[str, Any]:
     view = {name: getattr(spec, name) for name in PUBLIC_FIELDS if hasattr(spec, name)}
     view["headers"] = {}
     view["query_params"] = {}
+    view["secret_headers"] = spec.secret_names.get("headers", [])
+    view["secret_query_params"] = spec.secret_names.get("query_params", [])
     for name in SECRET_FIELDS:
         view.pop(name, None)
     return view
@@ -51,10 +61,16 @@ def build_spec(
     try:
         egress.check_literal(parts.hostname or "", parts.port or _default_port(parts.scheme))
     except EgressDenied:
-        raise error(["body", "api_url"], "destination not allowed by the egress policy") from None
-    problem = check_options(body.auth_type, body.auth_options)
-    if problem:
-        raise error(["body", "auth_options"], problem)
+        raise EgressRefused(
+            [
+                {
+                    "loc": ["body", "api_url"],
+                    "msg": "destination not allowed by the egress policy",
+                    "type": "egress_denied",
+                }
+            ]
+        ) from None
+    auth_options = auth_options_dict(body.auth_options)
     exchange = (body.exchange or detect_exchange(body.api_url)).lower()
     app_ping = body.app_ping
     if "app_ping" not in merged and exchange == "okx" and protocol == "websocket":
@@ -74,7 +90,7 @@ def build_spec(
     headers = _sealed_map(raw, "headers", body.headers, existing, "header", seal)
     params = _sealed_map(raw, "query_params", body.query_params, existing, "query", seal)
     present = Credentials(**{name: "set" for name in credentials})
-    missing = missing_secrets(body.auth_type, body.auth_options, present)
+    missing = missing_secrets(body.auth_type, auth_options, present)
     if missing and protocol == "rest":
         raise error(["body", missing[0]], f"required by auth_type {body.auth_type}")
     return ConnectorSpec(
@@ -98,8 +114,12 @@ def build_spec(
         field_mapping=body.field_mapping,
         retention_days=body.retention_days,
         credentials=credentials,
-        auth_options=body.auth_options,
+        auth_options=auth_options,
         request_body=body.request_body,
+        secret_names={
+            "headers": body.secret_headers,
+            "query_params": body.secret_query_params,
+        },
     )
 
 

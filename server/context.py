@@ -33,6 +33,31 @@ async def json_body(*, empty: Any = ...) -> Any:
     if empty is not ... and not raw.strip():
         return empty
     try:
-        return orjson.loads(raw)
+        body = orjson.loads(raw)
     except orjson.JSONDecodeError:
         raise error(["body"], "request body is not valid JSON", "json_invalid") from None
+    if b"\\u0000" in raw:
+        # PostgreSQL stores no NUL in text or jsonb; the OpenAPI schema says so of every
+        # string (server.contract), so this is refused here, naming where it is.
+        path = _nul_path(body, ["body"])
+        if path is not None:
+            raise error(path, "text must not contain \\u0000 (PostgreSQL cannot store it)")
+    return body
+
+
+def _nul_path(value: Any, loc: list[str | int]) -> list[str | int] | None:
+    if isinstance(value, str):
+        return loc if "\x00" in value else None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if "\x00" in key:
+                return [*loc, key]
+            found = _nul_path(item, [*loc, key])
+            if found is not None:
+                return found
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            found = _nul_path(item, [*loc, index])
+            if found is not None:
+                return found
+    return None

@@ -1,18 +1,20 @@
 """The OpenAPI 3.1 description of every route, served at ``/openapi.json``.
 
-Written by hand next to the routes (a test fails when a route and this description
-disagree), with the limits the code enforces. Schemathesis runs against it in the tests.
+Request bodies and query parameters come from their typed definitions in
+:mod:`server.schemas` (see :mod:`server.contract`): the same keywords validate the request
+and are published here. What is written by hand is the routes' list and the shapes of the
+responses (a test fails when a route and this description disagree). Schemathesis runs
+against it in the tests (``tests/test_contract.py``).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from engine.auth import AUTH_TYPES
-from engine.normalize.mapping import FIELDS as MAPPING_FIELDS
-from engine.storage.queries import BATCH_SORTABLE, MESSAGE_SORTABLE, SORTABLE
+from engine.auth import SECRET_FIELDS
 
-from .schemas import HTTP_METHODS, MAX_BATCH_MESSAGES
+from . import schemas as bodies
+from .contract import JSON_VALUE, object_schema, optional_copy, query_parameters
 
 J = dict[str, Any]
 
@@ -41,74 +43,47 @@ def _errors(*codes: int) -> J:
     return out
 
 
-def _q(name: str, schema: J, description: str = "") -> J:
-    return {
-        "name": name,
-        "in": "query",
-        "required": False,
-        "schema": schema,
-        "description": description,
-    }
-
-
 CID = {
     "name": "connector_id",
     "in": "path",
     "required": True,
     "schema": {"type": "string", "maxLength": 100},
 }
-LIMIT_100 = _q("limit", {"type": "integer", "minimum": 1, "maximum": 10_000, "default": 100})
 NULLABLE_STR = {"type": ["string", "null"]}
 SECRET_OUT = {
     "type": ["string", "null"],
     "enum": ["****", None],
     "description": "write-only: '****' when set",
 }
-DECIMAL_OUT = {"type": ["string", "null"], "description": "exact decimal text"}
+DECIMAL_OUT = {
+    "type": ["number", "string", "null"],
+    "description": "the source's exact digits: a JSON number, or a string with numbers=string",
+}
 DATETIME = {"type": "string", "format": "date-time"}
 DATETIME_NULL = {"type": ["string", "null"], "format": "date-time"}
 
-CONNECTOR_FIELDS: J = {
-    "name": {"type": "string", "minLength": 1, "maxLength": 200},
-    "api_url": {
-        "type": "string",
-        "maxLength": 2048,
-        "description": "ws://, wss://, http:// or https:// URL",
+_REFS: dict[str, type[Any]] = {}
+CONNECTOR_CREATE = object_schema(bodies.ConnectorCreate, _REFS)
+BODIES: J = {
+    "ConnectorCreate": CONNECTOR_CREATE,
+    "ConnectorUpdate": {
+        **optional_copy(CONNECTOR_CREATE),
+        "description": "Any subset of the creation fields; the merged result is validated.",
     },
-    "http_method": {"type": "string", "enum": list(HTTP_METHODS), "default": "GET"},
-    "headers": {"type": "object", "additionalProperties": {"type": "string"}, "maxProperties": 50},
-    "query_params": {
-        "type": "object",
-        "additionalProperties": {"type": "string"},
-        "maxProperties": 50,
-    },
-    "auth_type": {"type": "string", "enum": list(AUTH_TYPES), "default": "None"},
-    "polling_interval": {"type": "integer", "minimum": 100, "maximum": 86_400_000, "default": 1000},
-    "subscribe_messages": {"type": "array", "maxItems": 100, "items": {}},
-    "exchange": {"type": ["string", "null"], "pattern": "^[A-Za-z0-9_]{1,50}$"},
-    "ping_interval": {"type": "number", "minimum": 0, "maximum": 3600, "default": 20},
-    "pong_timeout": {"type": "number", "minimum": 1, "maximum": 600, "default": 10},
-    "stale_timeout": {"type": "number", "minimum": 0, "maximum": 86_400, "default": 0},
-    "app_ping": {"type": ["string", "null"], "maxLength": 1000},
-    "app_ping_interval": {"type": "number", "minimum": 1, "maximum": 3600, "default": 25},
-    "field_mapping": {
-        "type": ["object", "null"],
-        "propertyNames": {"enum": list(MAPPING_FIELDS)},
-        "additionalProperties": {"type": "string", "minLength": 1, "maxLength": 200},
-    },
-    "retention_days": {"type": ["integer", "null"], "minimum": 1, "maximum": 100_000},
-    "auth_options": {"type": "object"},
-    "request_body": {},
+    "SaveMessage": object_schema(bodies.SaveMessage, _REFS),
+    "SaveBatch": object_schema(bodies.SaveBatch, _REFS),
+    "Preview": object_schema(bodies.Preview, _REFS),
+    "RealtimeTest": object_schema(bodies.RealtimeTest, _REFS),
+    "JsonValue": JSON_VALUE,
 }
-SECRET_IN = {
-    name: {"type": ["string", "null"], "minLength": 1, "maxLength": 4096, "writeOnly": True}
-    for name in ("api_key", "api_secret", "passphrase", "bearer_token", "username", "password")
-}
-
+for _name, _cls in list(_REFS.items()):
+    BODIES[_name] = object_schema(_cls, _REFS)
 RECORD: J = {
     "type": "object",
     "properties": {
         "id": {"type": "integer"},
+        "source_id": {**NULLABLE_STR, "description": "the source's own id (trade id, sequence)"},
+        "session_id": {**NULLABLE_STR, "description": "one id per connector run"},
         "connector_id": NULLABLE_STR,
         "timestamp": DATETIME,
         "received_at": DATETIME,
@@ -122,10 +97,23 @@ RECORD: J = {
         "bid_size": DECIMAL_OUT,
         "ask_price": DECIMAL_OUT,
         "ask_size": DECIMAL_OUT,
-        "batch_id": {"type": ["integer", "null"]},
+        "status_code": {"type": ["integer", "null"], "description": "REST records"},
+        "response_time_ms": {"type": ["number", "null"], "description": "REST records"},
+        "batch_id": {"type": ["integer", "null"], "description": "saved in a batch"},
+        "messageNumber": {"type": ["integer", "null"], "description": "as saved"},
+        "format": {**NULLABLE_STR, "description": "as saved"},
         "data": {"description": "the raw payload"},
     },
-    "required": ["id", "timestamp", "received_at", "exchange", "message_type", "data"],
+    "required": [
+        "id",
+        "source_id",
+        "session_id",
+        "timestamp",
+        "received_at",
+        "exchange",
+        "message_type",
+        "data",
+    ],
 }
 
 SCHEMAS: J = {
@@ -152,28 +140,29 @@ SCHEMAS: J = {
         },
         "required": ["detail"],
     },
-    "ConnectorCreate": {
-        "type": "object",
-        "properties": {**CONNECTOR_FIELDS, **SECRET_IN},
-        "required": ["name", "api_url"],
-        "additionalProperties": False,
-    },
-    "ConnectorUpdate": {
-        "type": "object",
-        "properties": {**CONNECTOR_FIELDS, **SECRET_IN},
-        "additionalProperties": False,
-    },
+    **BODIES,
     "Connector": {
         "type": "object",
         "properties": {
             "connector_id": {"type": "string"},
             **{
-                k: {**v, "default": None} if k == "exchange" else v
-                for k, v in CONNECTOR_FIELDS.items()
+                k: {key: val for key, val in v.items() if key not in ("default", "writeOnly")}
+                for k, v in CONNECTOR_CREATE["properties"].items()
             },
             "protocol": {"type": "string", "enum": ["websocket", "rest"]},
             "exchange": {"type": "string"},
-            **dict.fromkeys(SECRET_IN, SECRET_OUT),
+            **dict.fromkeys(SECRET_FIELDS, SECRET_OUT),
+            "auth_options": {"type": "object"},
+            "headers": {
+                "type": "object",
+                "additionalProperties": {"type": "string"},
+                "description": "values as given, credentials shown as '****'",
+            },
+            "query_params": {
+                "type": "object",
+                "additionalProperties": {"type": "string"},
+                "description": "values as given, credentials shown as '****'",
+            },
             "status": {"type": "string"},
             "created_at": DATETIME,
             "updated_at": DATETIME,
@@ -226,6 +215,18 @@ SCHEMAS: J = {
         "required": ["connector_id", "status", "messages_received", "records_stored"],
     },
     "Record": RECORD,
+    "Batch": {
+        "type": "object",
+        "properties": {
+            "id": {"type": "integer"},
+            "connector_id": NULLABLE_STR,
+            "exchange": {"type": "string"},
+            "message_count": {"type": "integer"},
+            "metrics": {"type": "object"},
+            "received_at": DATETIME,
+        },
+        "required": ["id", "exchange", "message_count", "metrics", "received_at"],
+    },
     "RecordPage": {
         "type": "object",
         "properties": {
@@ -245,39 +246,6 @@ SCHEMAS: J = {
         },
         "required": ["data", "count"],
     },
-    "SaveMessage": {
-        "type": "object",
-        "properties": {
-            "data": {"type": ["object", "array"]},
-            "exchange": {"type": "string", "pattern": "^[A-Za-z0-9_]{1,50}$", "default": "custom"},
-            "connector_id": {"type": ["string", "null"], "minLength": 1, "maxLength": 100},
-            "instrument": {"type": ["string", "null"], "minLength": 1, "maxLength": 200},
-            "price": {"type": ["string", "number", "null"]},
-            "size": {"type": ["string", "number", "null"]},
-            "side": {"type": ["string", "null"], "minLength": 1, "maxLength": 20},
-            "message_type": {"type": ["string", "null"], "minLength": 1, "maxLength": 64},
-            "timestamp": {"type": ["string", "number", "null"]},
-            "idempotency_key": {"type": ["string", "null"], "minLength": 1, "maxLength": 200},
-        },
-        "required": ["data"],
-        "additionalProperties": False,
-    },
-    "SaveBatch": {
-        "type": "object",
-        "properties": {
-            "messages": {
-                "type": "array",
-                "minItems": 1,
-                "maxItems": MAX_BATCH_MESSAGES,
-                "items": _ref("SaveMessage"),
-            },
-            "metrics": {"type": "object"},
-            "connector_id": {"type": ["string", "null"], "minLength": 1, "maxLength": 100},
-            "exchange": {"type": "string", "pattern": "^[A-Za-z0-9_]{1,50}$"},
-        },
-        "required": ["messages"],
-        "additionalProperties": False,
-    },
     "SaveResult": {
         "type": "object",
         "properties": {
@@ -290,37 +258,24 @@ SCHEMAS: J = {
         },
         "required": ["ids", "stored", "duplicates", "rejected"],
     },
-    "Preview": {
-        "type": "object",
-        "properties": {
-            "message": {},
-            "connector_id": {"type": ["string", "null"], "maxLength": 100},
-            "exchange": {"type": ["string", "null"], "maxLength": 50},
-            "field_mapping": CONNECTOR_FIELDS["field_mapping"],
-        },
-        "required": ["message"],
-        "additionalProperties": False,
-    },
     "PreviewResult": {
         "type": "object",
         "properties": {
             "exchange": {"type": "string"},
             "records": {"type": "array", "items": {"type": "object"}},
             "control": {"type": ["object", "null"]},
+            "rejected": {
+                "type": ["object", "null"],
+                "description": "why the message would be rejected: category and detail",
+            },
         },
-        "required": ["records", "control"],
+        "required": ["records", "control", "rejected"],
     },
 }
 
-DATA_FILTERS = [
-    _q("exchange", {"type": "string"}),
-    _q("instrument", {"type": "string"}),
-    _q("connector_id", {"type": "string"}),
-    _q("from", {"type": "string"}, "ISO 8601 time or epoch seconds/milliseconds (source time)"),
-    _q("to", {"type": "string"}, "ISO 8601 time or epoch seconds/milliseconds, exclusive"),
-    _q("after_id", {"type": "integer", "minimum": 0}, "keyset pagination; needs sort_by=id"),
-    _q("collection_type", {"type": "string", "enum": ["messages", "batches"]}),
-]
+LIMIT_100 = query_parameters(bodies.ListingQuery)
+DATA_QUERY = query_parameters(bodies.DataQuery)
+COUNT_QUERY = query_parameters(bodies.DataFilterQuery)
 
 
 def _body(name: str) -> J:
@@ -334,7 +289,11 @@ def build() -> J:
             "post": {
                 "summary": "Create a connector",
                 "requestBody": body("ConnectorCreate"),
-                "responses": {"201": _json(_ref("Connector"), "Created"), **_errors(413, 422, 503)},
+                "responses": {
+                    "201": _json(_ref("Connector"), "Created"),
+                    "403": _json(_ref("ValidationError"), "api_url refused by the egress policy"),
+                    **_errors(413, 422, 503),
+                },
             },
             "get": {
                 "summary": "List connectors",
@@ -350,13 +309,15 @@ def build() -> J:
             "put": {
                 "summary": "Change any subset of the creation fields",
                 "requestBody": body("ConnectorUpdate"),
-                "responses": {"200": _json(_ref("Connector")), **_errors(404, 413, 422, 503)},
+                "responses": {
+                    "200": _json(_ref("Connector")),
+                    "403": _json(_ref("ValidationError"), "api_url refused by the egress policy"),
+                    **_errors(404, 413, 422, 503),
+                },
             },
             "delete": {
                 "summary": "Stop and remove a connector",
-                "parameters": [
-                    _q("purge_data", {"type": "string", "enum": ["true", "false", "1", "0"]})
-                ],
+                "parameters": query_parameters(bodies.DeleteQuery),
                 "responses": {"204": {"description": "Deleted"}, **_errors(404, 422, 503)},
             },
         },
@@ -389,12 +350,7 @@ def build() -> J:
             "parameters": [CID],
             "get": {
                 "summary": "The connector's records, newest first by default",
-                "parameters": [
-                    LIMIT_100,
-                    _q("skip", {"type": "integer", "minimum": 0, "maximum": 10_000_000}),
-                    _q("sort_by", {"type": "string", "enum": sorted(SORTABLE)}),
-                    _q("sort_order", {"type": "integer", "enum": [-1, 1]}),
-                ],
+                "parameters": query_parameters(bodies.ConnectorDataQuery),
                 "responses": {"200": _json(_ref("RecordPage")), **_errors(404, 422, 503)},
             },
         },
@@ -403,7 +359,7 @@ def build() -> J:
                 "parameters": [CID],
                 "get": {
                     "summary": text,
-                    "parameters": [LIMIT_100],
+                    "parameters": LIMIT_100,
                     "responses": {"200": _json(_ref("Listing")), **_errors(404, 422, 503)},
                 },
             }
@@ -436,22 +392,16 @@ def build() -> J:
         "/api/websocket/data": {
             "get": {
                 "summary": "Stored messages or batches; large pages are streamed",
-                "parameters": [
-                    *DATA_FILTERS,
-                    _q("limit", {"type": "integer", "minimum": 1, "maximum": 100_000}),
-                    _q("skip", {"type": "integer", "minimum": 0, "maximum": 10_000_000}),
-                    _q(
-                        "sort_by",
-                        {"type": "string", "enum": sorted(MESSAGE_SORTABLE | BATCH_SORTABLE)},
-                    ),
-                    _q("sort_order", {"type": "integer", "enum": [-1, 1]}),
-                ],
+                "parameters": DATA_QUERY,
                 "responses": {
                     "200": _json(
                         {
                             "type": "object",
                             "properties": {
-                                "data": {"type": "array", "items": {"type": "object"}},
+                                "data": {
+                                    "type": "array",
+                                    "items": {"anyOf": [_ref("Record"), _ref("Batch")]},
+                                },
                                 "count": {"type": "integer"},
                                 "limit": {"type": "integer"},
                                 "skip": {"type": "integer"},
@@ -467,7 +417,7 @@ def build() -> J:
         "/api/websocket/data/count": {
             "get": {
                 "summary": "How many stored messages or batches match",
-                "parameters": [p for p in DATA_FILTERS if p["name"] != "after_id"],
+                "parameters": COUNT_QUERY,
                 "responses": {
                     "200": _json(
                         {
@@ -491,16 +441,10 @@ def build() -> J:
             "get": {
                 "summary": "WebSocket: committed records, gap notices, test messages",
                 "description": "Upgrade to a WebSocket. See the README for the protocol.",
-                "parameters": [
-                    _q("connector_id", {"type": "string"}),
-                    _q("exchange", {"type": "string"}),
-                    _q("instrument", {"type": "string", "maxLength": 200}),
-                    _q("types", {"type": "string"}, "comma-separated message types"),
-                    _q("batch", {"type": "boolean"}),
-                    _q("token", {"type": "string"}, "the API token, if required"),
-                ],
+                "parameters": query_parameters(bodies.RealtimeQuery),
                 "responses": {
                     "101": {"description": "Switching protocols"},
+                    "426": _json(_ref("Error"), "Not a WebSocket upgrade request"),
                     "403": _json(_ref("Error"), "Origin not allowed"),
                     **_errors(422, 503),
                 },
@@ -511,15 +455,7 @@ def build() -> J:
                 "summary": "Broadcast a test message to every subscriber",
                 "requestBody": {
                     "required": False,
-                    "content": {
-                        "application/json": {
-                            "schema": {
-                                "type": "object",
-                                "properties": {"message": {}},
-                                "additionalProperties": False,
-                            }
-                        }
-                    },
+                    "content": {"application/json": {"schema": _ref("RealtimeTest")}},
                 },
                 "responses": {
                     "200": _json(

@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 from quart import Quart, Response
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from engine.errors import BadRequest, NotFound, Unavailable
 
@@ -40,7 +40,7 @@ class Conflict(BadRequest):
 def install_error_handlers(app: Quart) -> None:
     @app.errorhandler(RequestValidationError)
     async def _validation(exc: RequestValidationError) -> Response:
-        return json_response({"detail": exc.errors}, 422)
+        return json_response({"detail": exc.errors}, exc.status)
 
     @app.errorhandler(NotFound)
     async def _not_found(exc: NotFound) -> Response:
@@ -62,7 +62,11 @@ def install_error_handlers(app: Quart) -> None:
 
     @app.errorhandler(HTTPException)
     async def _http(exc: HTTPException) -> Response:
-        return detail(exc.description or exc.name, exc.code or 500)
+        response = detail(exc.description or exc.name, exc.code or 500)
+        if isinstance(exc, MethodNotAllowed) and exc.valid_methods:
+            # RFC 9110: a 405 lists the methods the resource supports.
+            response.headers["Allow"] = ", ".join(sorted(exc.valid_methods))
+        return response
 
     @app.errorhandler(Exception)
     async def _bug(exc: Exception) -> Response:

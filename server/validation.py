@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from typing import Any, TypeVar, get_args, get_origin
 
+import attrs
 import cattrs
 from cattrs.errors import (
     AttributeValidationNote,
@@ -18,6 +19,7 @@ from cattrs.errors import (
     IterableValidationError,
     IterableValidationNote,
 )
+from cattrs.gen import make_dict_structure_fn, override
 
 from engine.errors import BadRequest
 
@@ -26,7 +28,10 @@ ErrorItem = dict[str, Any]
 
 
 class RequestValidationError(BadRequest):
-    """The request does not match its schema; ``errors`` name each offending field."""
+    """The request does not match its schema; ``errors`` name each offending field.
+    Answered with ``status`` (422; a subclass may refuse a valid request otherwise)."""
+
+    status = 422
 
     def __init__(self, errors: list[ErrorItem]) -> None:
         super().__init__("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in errors))
@@ -63,6 +68,8 @@ def _strict(expected: type[Any]) -> Any:
             raise TypeError(f"expected {name}, got boolean")
         if expected is float and isinstance(value, int):
             return float(value)
+        if expected is int and isinstance(value, float) and value.is_integer():
+            return int(value)  # JSON Schema: 140.0 is an integer
         if not isinstance(value, expected):
             raise TypeError(f"expected {name}, got {_json_type(value)}")
         return value
@@ -113,7 +120,28 @@ def _list_hook(value: Any, type_: Any) -> Any:
     return items
 
 
+def _renamed(cls: Any) -> bool:
+    return attrs.has(cls) and any(a.metadata.get("contract_name") for a in attrs.fields(cls))
+
+
+def _renamed_hook(cls: Any) -> Any:
+    # A field whose wire name is not a Python name (auth_options "in" → attribute in_).
+    renames = {
+        a.name: override(rename=a.metadata["contract_name"])
+        for a in attrs.fields(cls)
+        if a.metadata.get("contract_name")
+    }
+    fn = make_dict_structure_fn(
+        cls,
+        converter,
+        _cattrs_forbid_extra_keys=True,
+        **renames,  # type: ignore[arg-type]
+    )
+    return fn
+
+
 converter = cattrs.Converter(forbid_extra_keys=True, detailed_validation=True)
+converter.register_structure_hook_factory(_renamed, _renamed_hook)
 for _t in (str, int, float, bool):
     converter.register_structure_hook(_t, _strict(_t))
 converter.register_structure_hook_func(lambda t: t == dict[str, str], _mapping_hook)

@@ -12,13 +12,18 @@ loopback. Tests that wait on the network or the database wrap their body in
 from __future__ import annotations
 
 import os
+import secrets
+import threading
 from collections.abc import AsyncIterator, Iterator
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import attrs
+import psycopg
 import pytest
 import trio
+from psycopg import sql
 
 from bench.runner import fresh_database, postgres
 from engine.config import Settings
@@ -85,3 +90,44 @@ async def service(nursery: trio.Nursery, settings: Settings) -> AsyncIterator[Se
     running.stop()
     with trio.fail_after(30):
         await running.engine.stopped.wait()
+
+
+@pytest.fixture(scope="module")
+def live_url(admin_dsn: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A whole server in a thread of its own, for synchronous clients like schemathesis."""
+    name = f"sluice_test_{secrets.token_hex(6)}"
+    with psycopg.connect(admin_dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    live_settings = Settings(
+        postgres_dsn=psycopg.conninfo.make_conninfo(admin_dsn, dbname=name),
+        port=0,
+        data_dir=Path(tmp_path_factory.mktemp("live")),
+        pool_min=1,
+        pool_max=4,
+        encryption_key=TEST_KEY,
+        batch_max_age=0.01,
+    )
+    ready = threading.Event()
+    holder: dict[str, Any] = {}
+
+    async def main() -> None:
+        holder["token"] = trio.lowlevel.current_trio_token()
+        async with trio.open_nursery() as nursery:
+            holder["service"] = await nursery.start(
+                partial(serve, live_settings, handle_signals=False)
+            )
+            ready.set()
+
+    thread = threading.Thread(target=trio.run, args=(main,), daemon=True)
+    thread.start()
+    assert ready.wait(60), "server did not start"
+    service: Service = holder["service"]
+    try:
+        yield service.url
+    finally:
+        trio.from_thread.run_sync(service.stop, trio_token=holder["token"])
+        thread.join(60)
+        with psycopg.connect(admin_dsn, autocommit=True) as conn:
+            conn.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )

@@ -57,6 +57,19 @@ async def test_create_connector_returns_the_contract_shape(client: httpx.AsyncCl
 
 
 @pytest.mark.parametrize(
+    "url", ["http://169.254.169.254/latest", "ws://[fd00:ec2::254]/", "ws://100.100.100.200/"]
+)
+async def test_urls_the_egress_policy_refuses_are_403_naming_the_field(
+    client: httpx.AsyncClient, url: str
+) -> None:
+    # Well formed, so not a 422: the policy refuses a valid request.
+    response = await client.post("/api/connectors", json={"name": "x", "api_url": url})
+    assert response.status_code == 403
+    [problem] = response.json()["detail"]
+    assert (problem["loc"], problem["type"]) == (["body", "api_url"], "egress_denied")
+
+
+@pytest.mark.parametrize(
     ("body", "loc", "kind"),
     [
         ({"api_url": "ws://127.0.0.1/x"}, ["body", "name"], "missing"),
@@ -98,12 +111,8 @@ async def test_create_connector_returns_the_contract_shape(client: httpx.AsyncCl
             ["body", "connector_id"],
             "extra_forbidden",
         ),
-        (
-            {"name": "x", "api_url": "http://169.254.169.254/latest"},
-            ["body", "api_url"],
-            "value_error",
-        ),
-        ({"name": "x", "api_url": "ws://[fd00:ec2::254]/"}, ["body", "api_url"], "value_error"),
+        ({"name": "x", "api_url": ""}, ["body", "api_url"], "value_error"),
+        ({"name": "x", "api_url": "ws://h:70000/"}, ["body", "api_url"], "value_error"),
         (
             {"name": "x", "api_url": "https://h/x", "auth_type": "BEARER"},
             ["body", "bearer_token"],
@@ -118,7 +127,7 @@ async def test_create_connector_returns_the_contract_shape(client: httpx.AsyncCl
                 "api_secret": "s",
                 "auth_options": {"preset": "kraken"},
             },
-            ["body", "auth_options"],
+            ["body", "auth_options", "preset"],
             "value_error",
         ),
         ([1, 2], ["body"], "type_error"),
@@ -315,7 +324,7 @@ async def test_normalize_preview(client: httpx.AsyncClient) -> None:
     [record] = response.json()["records"]
     assert (record["instrument"], record["price"], record["dedup_key"]) == (
         "BTC-USDT",
-        "1.5",
+        1.5,
         "t:BTC-USDT:1",
     )
     ack = await client.post("/api/normalize/preview", json={"message": "pong", "exchange": "okx"})
@@ -324,10 +333,14 @@ async def test_normalize_preview(client: httpx.AsyncClient) -> None:
         "/api/normalize/preview",
         json={"message": {"q": {"p": "9.99"}}, "field_mapping": {"records": "q", "price": "p"}},
     )
-    assert mapped.json()["records"][0]["price"] == "9.99"
+    assert mapped.json()["records"][0]["price"] == 9.99
+    # A message a connector would reject is a valid question: the answer says why.
     bad = await client.post("/api/normalize/preview", json={"message": "{not json"})
-    assert bad.status_code == 422
-    assert bad.json()["detail"][0]["loc"] == ["body", "message"]
+    assert bad.status_code == 200
+    assert bad.json()["rejected"] == {"category": "non_json", "detail": "frame is not valid JSON"}
+    null = await client.post("/api/normalize/preview", json={"message": None})
+    assert null.status_code == 200
+    assert null.json()["rejected"]["category"] == "bad_shape"
     missing = await client.post(
         "/api/normalize/preview", json={"message": {}, "connector_id": "conn_no"}
     )

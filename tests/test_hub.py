@@ -50,17 +50,21 @@ async def test_events_carry_the_database_id_and_raw_payload() -> None:
     with h.subscribe() as sub:
         h.publish([stored(7)])
         [frame] = await sub.__anext__()
+    # Prices and sizes are JSON numbers written with the source's own digits.
+    assert '"price":1.10,"size":2,' in frame
     event = orjson.loads(frame)
     assert event == {
         "type": "data_update",
         "id": 7,
+        "source_id": None,
+        "session_id": None,
         "connector_id": "conn_a",
         "timestamp": "2026-11-27T00:00:00+00:00",
         "received_at": "2026-11-27T00:00:00+00:00",
         "exchange": "binance",
         "instrument": "BTCUSDT",
-        "price": "1.10",
-        "size": "2",
+        "price": 1.1,
+        "size": 2,
         "side": "buy",
         "message_type": "trade",
         "bid_price": None,

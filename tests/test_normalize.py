@@ -186,7 +186,10 @@ def test_bad_prices_are_rejected(price: str) -> None:
 def test_decimal_text_is_exact() -> None:
     assert decimal_text("0.00000001", "p") == "0.00000001"
     assert decimal_text("1.50", "p") == "1.50"
-    assert decimal_text("1e-8", "p") == "1e-8"
+    assert decimal_text("1e-8", "p") == "1E-8"  # Decimal's text: a JSON number too
+    assert decimal_text("+1.50", "p") == "1.50"
+    assert decimal_text(".5", "p") == "0.5"
+    assert decimal_text("007.10", "p") == "7.10"
     assert decimal_text(12, "p") == "12"
     assert decimal_text(0.1, "p") == "0.1"
     assert decimal_text(None, "p") is None

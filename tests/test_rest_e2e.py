@@ -69,6 +69,7 @@ async def test_signed_rest_connector_end_to_end_without_leaking_secrets(
                 "api_key": CANARIES["api_key"],
                 "api_secret": CANARIES["api_secret"],
                 "headers": {"X-Trace": CANARIES["header"]},
+                "secret_headers": ["X-Trace"],  # not a credential-like name: marked secret
                 "query_params": {"token": CANARIES["query"]},
                 "field_mapping": {"price": "price", "size": "qty", "timestamp": "time", "id": "id"},
             }
@@ -111,7 +112,12 @@ async def test_signed_rest_connector_end_to_end_without_leaking_secrets(
     assert status["requests"] >= 4
     assert status["last_status_code"] == 200
     first = data["data"][0]
-    assert (first["price"], first["size"]) == ("100.25", "0.5")
+    assert (first["price"], first["size"]) == (100.25, 0.5)
+    # REST records carry the response they came from, and the source's id
+    assert first["status_code"] == 200
+    assert isinstance(first["response_time_ms"], float)
+    assert first["source_id"] == "1"
+    assert first["session_id"].startswith("sess_")
     assert first["data"]["id"] == 1
     # The source really got signed requests with the secrets.
     request = rest.requests[-1].decode()
@@ -233,7 +239,8 @@ async def test_websocket_sources_go_through_the_egress_guard(
             literal = await client.post(
                 "/api/connectors", json={"name": "x", "api_url": "ws://127.0.0.1:9/feed"}
             )
-            assert literal.status_code == 422  # an IP literal that can never be allowed
+            assert literal.status_code == 403  # an IP literal that can never be allowed
+            assert literal.json()["detail"][0]["loc"] == ["body", "api_url"]
             body = {"name": "x", "api_url": "ws://localhost:9/feed"}  # a name: checked on connect
             cid = (await client.post("/api/connectors", json=body)).json()["connector_id"]
             await client.post(f"/api/connectors/{cid}/start")

@@ -86,7 +86,7 @@ def normalize_binance(
                     payload,
                     message_type="book_ticker",
                     instrument=event.get("s"),
-                    key=str(event.get("u")),
+                    key=event.get("u"),
                     bid_price=event.get("b"),
                     bid_size=event.get("B"),
                     ask_price=event.get("a"),
@@ -129,4 +129,6 @@ def _trade(
         received_at=received_at,
         data=payload,
         dedup_key=key,
+        source_id=None if trade_id is None else str(trade_id),
+        session_id=ctx.session_id,
     )

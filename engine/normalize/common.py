@@ -9,7 +9,7 @@ import hashlib
 import math
 import re
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any, Literal
 
@@ -18,7 +18,10 @@ import attrs
 from ..errors import BadMessage
 from ..models import Record
 
-_DECIMAL = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)")
+# Decimal text that is also a JSON number, so records can be sent as JSON numbers with the
+# source's own digits. Other spellings ("+1", ".5", "1.", "1e5") go through Decimal and come
+# out in its canonical text, which is a JSON number with the same value and scale.
+_DECIMAL = re.compile(r"-?(?:0|[1-9]\d*)(?:\.\d+)?")
 _MAX_DECIMAL_CHARS = 64
 # PostgreSQL numeric holds up to 131072 digits before the point; sane prices are far smaller.
 _MAX_EXPONENT = 1000
@@ -46,14 +49,17 @@ class Context:
 
     connector_id: str | None
     exchange: str
+    session_id: str | None = None
 
 
 def decimal_text(value: Any, field: str) -> str | None:
-    """Return ``value`` as exact decimal text, or ``None`` if absent.
+    """Return ``value`` as exact decimal text that is also valid JSON number text, or
+    ``None`` if absent.
 
-    Strings are kept digit for digit (``"0.10"`` stays ``"0.10"``); JSON numbers arrive as
-    int or float and use their shortest round-trip text. Anything else, NaN, infinities,
-    and absurd magnitudes raise :class:`BadMessage`.
+    Strings are kept digit for digit (``"0.10"`` stays ``"0.10"``; ``"+1.50"`` becomes
+    ``"1.50"``); JSON numbers arrive as int or float and use their shortest round-trip
+    text (exact for up to 15 significant digits; trailing zeros are not kept). Anything
+    else, NaN, infinities, and absurd magnitudes raise :class:`BadMessage`.
     """
     if value is None or value == "":
         return None
@@ -83,7 +89,64 @@ def _checked_decimal(text: str, field: str) -> str:
         raise BadMessage("bad_value", f"{field} is not a decimal number") from None
     if not number.is_finite() or abs(number.adjusted()) > _MAX_EXPONENT:
         raise BadMessage("bad_value", f"{field} is not a finite decimal in range")
-    return text.strip()
+    return str(number)
+
+
+#: Time text accepted everywhere (query filters, saved timestamps): epoch digits (seconds,
+#: ms, µs or ns by magnitude) or an RFC 3339 / ISO 8601 date-time.
+EPOCH_DIGITS = r"^[0-9]{1,19}$"
+TIME_SCHEMA: dict[str, Any] = {
+    "anyOf": [
+        {"type": "string", "format": "date-time"},
+        {"type": "string", "pattern": EPOCH_DIGITS},
+    ]
+}
+_RFC3339 = re.compile(
+    r"(\d{4})-(\d{2})-(\d{2})(?:[Tt ](\d{2}):(\d{2})(?::(\d{2})(?:[.,](\d+))?)?"
+    r"(?:([Zz])|([+-])(\d{2}):?(\d{2}))?)?"
+)
+
+
+def parse_time(text: str) -> datetime | None:
+    """Epoch digits or an RFC 3339 / ISO 8601 time (naive means UTC), else ``None``.
+
+    Every date-time RFC 3339 allows parses: a leap second (``:60``) counts as ``:59``,
+    fractions beyond microseconds are cut, and times beyond ``datetime``'s range are
+    clamped to it."""
+    if text.isdigit() and len(text) <= 19:
+        seconds = float(int(text))
+        while seconds > 1e11:  # ms, µs or ns since the epoch
+            seconds /= 1000
+        return datetime.fromtimestamp(seconds, UTC)
+    m = _RFC3339.fullmatch(text)
+    if m is None:
+        return None
+    year, month, day, hour, minute, sec, frac, _z, sign, oh, om = m.groups()
+    try:
+        naive = datetime(
+            max(int(year), 1),
+            int(month),
+            int(day),
+            int(hour or 0),
+            int(minute or 0),
+            min(int(sec or 0), 59),
+            int((frac or "0")[:6].ljust(6, "0")),
+        )
+    except ValueError:
+        return None
+    offset = timedelta(0)
+    if sign:
+        offset = timedelta(hours=int(oh), minutes=int(om)) * (1 if sign == "+" else -1)
+        if offset >= timedelta(hours=24):
+            return None
+    try:
+        return (naive - offset).replace(tzinfo=UTC)
+    except OverflowError:
+        return (
+            datetime.min.replace(tzinfo=UTC)
+            if offset > timedelta(0)
+            else datetime.max.replace(tzinfo=UTC)
+        )
 
 
 def epoch_to_datetime(value: Any, field: str) -> datetime | None:
@@ -99,15 +162,13 @@ def epoch_to_datetime(value: Any, field: str) -> datetime | None:
         if value.isdigit():
             value = int(value)
         else:
+            parsed = parse_time(value)
+            if parsed is not None:
+                return parsed
             try:
-                parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+                value = float(value)
             except ValueError:
-                try:
-                    value = float(value)
-                except ValueError:
-                    raise BadMessage("bad_value", f"{field} is not a time") from None
-            else:
-                return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+                raise BadMessage("bad_value", f"{field} is not a time") from None
     if not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
         raise BadMessage("bad_value", f"{field} is not a time")
     seconds = float(value)
@@ -177,6 +238,8 @@ def make_record(
         dedup_key=f"{message_type[0]}:{inst}:{key}"
         if key is not None
         else content_key(payload, received_at),
+        source_id=None if key is None else str(key),
+        session_id=ctx.session_id,
         bid_price=decimal_text(bid_price, "bid_price"),
         bid_size=decimal_text(bid_size, "bid_size"),
         ask_price=decimal_text(ask_price, "ask_price"),

@@ -62,4 +62,5 @@ def _record(obj: dict[str, Any], payload: bytes, ctx: Context, received_at: date
         received_at=received_at,
         data=payload,
         dedup_key=content_key(payload, received_at),
+        session_id=ctx.session_id,
     )

@@ -21,7 +21,7 @@ _COLUMNS = (
     "connector_id, name, api_url, protocol, exchange, http_method, headers, query_params,"
     " auth_type, polling_interval, subscribe_messages, desired_state, created_at, updated_at,"
     " ping_interval, pong_timeout, stale_timeout, app_ping, app_ping_interval, field_mapping,"
-    " retention_days, credentials, auth_options, request_body"
+    " retention_days, credentials, auth_options, request_body, secret_names"
 )
 
 
@@ -34,7 +34,7 @@ _DEFINITION = (
     "name, api_url, protocol, exchange, http_method, headers, query_params, auth_type,"
     " polling_interval, subscribe_messages, ping_interval, pong_timeout, stale_timeout,"
     " app_ping, app_ping_interval, field_mapping, retention_days, credentials, auth_options,"
-    " request_body"
+    " request_body, secret_names"
 )
 
 
@@ -63,6 +63,7 @@ def _definition(spec: ConnectorSpec) -> tuple[Any, ...]:
         Jsonb(spec.credentials),
         Jsonb(spec.auth_options),
         optional_json(spec.request_body),
+        Jsonb(spec.secret_names),
     )
 
 

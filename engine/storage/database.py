@@ -13,11 +13,13 @@ anything else propagates as a bug.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import psycopg
+import psycopg.types.json
 import psycopg_pool
 import trio
 from psycopg import pq, sql
@@ -54,8 +56,23 @@ class _RawJsonbBinaryDumper(Dumper):
         return b"\x01" + bytes(obj)
 
 
+_I64 = 2**63
+
+
+def _json_int(text: str) -> int | float:
+    # jsonb keeps numbers as numeric and writes 1e191 as 192 digits; beyond 64 bits an
+    # integer becomes a float again, as the client sent it (orjson writes no bigger int).
+    value = int(text)
+    return value if -_I64 <= value < 2 * _I64 else float(value)
+
+
+def _json_loads(data: str | bytes) -> Any:
+    return json.loads(data, parse_int=_json_int)
+
+
 def _configure(conn: Conn) -> None:
     conn.adapters.register_dumper(RawJsonb, _RawJsonbBinaryDumper)
+    psycopg.types.json.set_json_loads(_json_loads, conn)
     # The records module's staging table lives for the session; create it once.
     conn.execute(STAGING_DDL)
     conn.commit()

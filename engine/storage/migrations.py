@@ -199,6 +199,25 @@ MIGRATIONS: list[tuple[int, str, str]] = [
             ADD COLUMN last_status_code integer;
         """,
     ),
+    (
+        4,
+        "Records of the original service's shape: source and session ids, save metadata",
+        """
+        -- source_id: the source's own id of the record (trade id, sequence);
+        -- session_id: one id per connector run. Saved messages keep messageNumber/format.
+        ALTER TABLE websocket_messages
+            ADD COLUMN source_id      text,
+            ADD COLUMN session_id     text,
+            ADD COLUMN message_number bigint,
+            ADD COLUMN format         text;
+        ALTER TABLE api_connector_data
+            ADD COLUMN source_id      text,
+            ADD COLUMN session_id     text;
+        -- Names of header and query values that are credentials (masked in responses).
+        ALTER TABLE api_connectors
+            ADD COLUMN secret_names   jsonb NOT NULL DEFAULT '{}';
+        """,
+    ),
 ]
 
 

@@ -25,8 +25,20 @@ RECORD_COLUMNS = (
     "size",
     "side",
     "message_type",
+    "bid_price",
+    "bid_size",
+    "ask_price",
+    "ask_size",
+    "source_id",
+    "session_id",
     "data",  # selected as JSON text, passed through to responses unparsed
 )
+# Columns only one table has: the REST response a record came from; what a saved message
+# arrived with.
+TABLE_COLUMNS = {
+    "api_connector_data": ("status_code", "response_time_ms"),
+    "websocket_messages": ("batch_id", "message_number", "format"),
+}
 SORTABLE = frozenset({"id", "timestamp", "received_at", "price", "size", "instrument"})
 TABLE_NAMES = (
     "api_connectors",
@@ -54,10 +66,7 @@ def connector_records(
         "SELECT {cols} FROM {table} WHERE connector_id = %s"
         " ORDER BY {sort} {dir}, id {dir} LIMIT %s OFFSET %s"
     ).format(
-        cols=sql.SQL(", ").join(
-            sql.SQL("data::text AS data") if c == "data" else sql.Identifier(c)
-            for c in RECORD_COLUMNS
-        ),
+        cols=_record_columns(RECORD_COLUMNS + TABLE_COLUMNS[table]),
         table=sql.Identifier(table),
         sort=sql.Identifier(sort_by),
         dir=direction,
@@ -65,6 +74,12 @@ def connector_records(
     cur = conn.cursor(row_factory=dict_row)
     cur.execute(query, (connector_id, limit, skip))
     return cur.fetchall()
+
+
+def _record_columns(columns: tuple[str, ...]) -> sql.Composable:
+    return sql.SQL(", ").join(
+        sql.SQL("data::text AS data") if c == "data" else sql.Identifier(c) for c in columns
+    )
 
 
 def table_counts(conn: Conn) -> dict[str, int]:
@@ -139,16 +154,13 @@ def data_query(
         raise ValueError("sort column not allowed")  # callers validate first
     if batches:
         table, time_column = "websocket_batches", "received_at"
-        cols = sql.SQL(", ").join(
+        cols: sql.Composable = sql.SQL(", ").join(
             sql.SQL("metrics::text AS metrics") if c == "metrics" else sql.Identifier(c)
             for c in BATCH_COLUMNS
         )
     else:
         table, time_column = "websocket_messages", "timestamp"
-        cols = sql.SQL(", ").join(
-            sql.SQL("data::text AS data") if c == "data" else sql.Identifier(c)
-            for c in (*RECORD_COLUMNS, "bid_price", "bid_size", "ask_price", "ask_size", "batch_id")
-        )
+        cols = _record_columns(RECORD_COLUMNS + TABLE_COLUMNS[table])
     where, params = _where(f, time_column, batches=batches)
     direction = sql.SQL("DESC" if f.descending else "ASC")
     query = sql.SQL(

@@ -25,11 +25,12 @@ SMALL_BATCH = 64  # up to this many rows: one INSERT … VALUES instead of COPY
 # The record columns common to both tables, in the order of _text_columns().
 _COLUMNS = (
     'connector_id, exchange, instrument, price, size, side, message_type, "timestamp",'
-    " received_at, data, dedup_key, bid_price, bid_size, ask_price, ask_size"
+    " received_at, data, dedup_key, bid_price, bid_size, ask_price, ask_size, source_id,"
+    " session_id"
 )
 _COPY = (
-    f"COPY sluice_staging_v3 (ord, {_COLUMNS}, batch_id, status_code, response_time_ms)"
-    " FROM STDIN (FORMAT BINARY)"
+    f"COPY sluice_staging_v4 (ord, {_COLUMNS}, batch_id, status_code, response_time_ms,"
+    " message_number, format) FROM STDIN (FORMAT BINARY)"
 )
 _COPY_TYPES = [
     "int4",
@@ -48,21 +49,30 @@ _COPY_TYPES = [
     "text",
     "text",
     "text",
+    "text",
+    "text",
     "int8",
     "int4",
     "float8",
+    "int8",
+    "text",
 ]
 _INSERT = f"""
 INSERT INTO {{table}} ({_COLUMNS}{{extra}})
 SELECT connector_id, exchange, instrument, price::numeric, size::numeric, side, message_type,
        "timestamp", received_at, data, dedup_key,
-       bid_price::numeric, bid_size::numeric, ask_price::numeric, ask_size::numeric{{extra}}
-FROM sluice_staging_v3 ORDER BY ord
+       bid_price::numeric, bid_size::numeric, ask_price::numeric, ask_size::numeric,
+       source_id, session_id{{extra}}
+FROM sluice_staging_v4 ORDER BY ord
 ON CONFLICT DO NOTHING
 RETURNING id, connector_id, dedup_key
 """
-# websocket_messages keeps the batch a saved message arrived in.
-_EXTRA = {"websocket": ", batch_id", "rest": ", status_code, response_time_ms"}
+# websocket_messages keeps what a saved message arrived with (its batch, messageNumber and
+# format); api_connector_data the response each record came from.
+_EXTRA = {
+    "websocket": ", batch_id, message_number, format",
+    "rest": ", status_code, response_time_ms",
+}
 
 
 _DIRECT_COLUMNS = f"id, {_COLUMNS}"
@@ -83,8 +93,10 @@ _DIRECT_TYPES = [
     "numeric",
     "numeric",
     "numeric",
+    "text",
+    "text",
 ]
-_DIRECT_EXTRA_TYPES = {"websocket": ["int8"], "rest": ["int4", "float8"]}
+_DIRECT_EXTRA_TYPES = {"websocket": ["int8", "int8", "text"], "rest": ["int4", "float8"]}
 
 
 def insert_records(
@@ -154,10 +166,10 @@ def _copy_direct(conn: psycopg.Connection[Any], ids: list[int], records: Sequenc
                 _number(r.bid_size),
                 _number(r.ask_price),
                 _number(r.ask_size),
+                r.source_id,
+                r.session_id,
             )
-            copy.write_row(
-                (*row, r.batch_id) if websocket else (*row, r.status_code, r.response_time_ms)
-            )
+            copy.write_row(_with_extra(row, r, websocket))
 
 
 def _insert_values(
@@ -169,13 +181,12 @@ def _insert_values(
     websocket = source == "websocket"
     row = (
         "(%s, %s, %s, %s::numeric, %s::numeric, %s, %s, %s, %s, %s::jsonb, %s,"
-        " %s::numeric, %s::numeric, %s::numeric, %s::numeric"
-        + (", %s)" if websocket else ", %s, %s)")
+        " %s::numeric, %s::numeric, %s::numeric, %s::numeric, %s, %s"
+        + (", %s, %s, %s)" if websocket else ", %s, %s)")
     )
     params: list[Any] = []
     for r in records:
-        params += _text_columns(r, r.data.decode())
-        params += (r.batch_id,) if websocket else (r.status_code, r.response_time_ms)
+        params += _with_extra(_text_columns(r, r.data.decode()), r, websocket)
     statement = (
         f"INSERT INTO {TABLES[source]} ({_COLUMNS}{_EXTRA[source]}) VALUES "
         + ", ".join([row] * len(records))
@@ -202,7 +213,16 @@ def _text_columns(r: Record, data: object) -> tuple[object, ...]:
         r.bid_size,
         r.ask_price,
         r.ask_size,
+        r.source_id,
+        r.session_id,
     )
+
+
+def _with_extra(row: tuple[object, ...], r: Record, websocket: bool) -> tuple[object, ...]:
+    """``row`` followed by the columns only its table has (see ``_EXTRA``)."""
+    if websocket:
+        return (*row, r.batch_id, r.message_number, r.format)
+    return (*row, r.status_code, r.response_time_ms)
 
 
 def _returned(
@@ -231,6 +251,8 @@ def _insert_deduplicated(
                         r.batch_id,
                         r.status_code,
                         r.response_time_ms,
+                        r.message_number,
+                        r.format,
                     )
                 )
         cur.execute(_INSERT.format(table=table, extra=_EXTRA[records[0].source]).encode())

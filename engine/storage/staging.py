@@ -4,7 +4,7 @@ Created once per pooled connection; ``ON COMMIT DELETE ROWS`` empties it after e
 """
 
 STAGING_DDL = b"""
-CREATE TEMP TABLE IF NOT EXISTS sluice_staging_v3 (
+CREATE TEMP TABLE IF NOT EXISTS sluice_staging_v4 (
     ord           integer NOT NULL,
     connector_id  text,
     exchange      text NOT NULL,
@@ -21,8 +21,12 @@ CREATE TEMP TABLE IF NOT EXISTS sluice_staging_v3 (
     bid_size      text,
     ask_price     text,
     ask_size      text,
+    source_id     text,
+    session_id    text,
     batch_id      bigint,
     status_code   integer,
-    response_time_ms double precision
+    response_time_ms double precision,
+    message_number bigint,
+    format        text
 ) ON COMMIT DELETE ROWS
 """

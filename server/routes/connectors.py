@@ -18,15 +18,18 @@ from engine.storage.records import TABLES
 
 from ..connector_specs import build_spec
 from ..context import engine, json_body
-from ..params import int_arg, only_args
+from ..contract import structure_query
 from ..responses import json_response
-from ..schemas import DataQuery, connector_json, record_json, status_json
-from ..validation import error
+from ..schemas import (
+    ConnectorDataQuery,
+    DeleteQuery,
+    ListingQuery,
+    connector_json,
+    record_json,
+    status_json,
+)
 
 bp = Blueprint("connectors", __name__)
-
-MAX_LIMIT = 10_000
-MAX_SKIP = 10_000_000
 
 
 @bp.post("/api/connectors")
@@ -35,7 +38,7 @@ async def create_connector() -> Response:
     connector_id = "conn_" + secrets.token_hex(8)
     spec = build_spec(await json_body(), connector_id, eng.secrets, eng.egress)
     stored = await eng.db.run(sql.insert_connector, spec)
-    return json_response(connector_json(stored, "inactive"), 201)
+    return json_response(connector_json(stored, "inactive", eng.secrets), 201)
 
 
 @bp.put("/api/connectors/<connector_id>")
@@ -50,29 +53,26 @@ async def update_connector(connector_id: str) -> Response:
     if eng.manager.is_running(connector_id):
         await eng.manager.restart(connector_id)
     statuses = await eng.db.run(sql.status_names)
-    return json_response(connector_json(stored, _status_word(connector_id, statuses)))
+    return json_response(connector_json(stored, _status_word(connector_id, statuses), eng.secrets))
 
 
 @bp.delete("/api/connectors/<connector_id>")
 async def delete_connector(connector_id: str) -> Response:
-    only_args({"purge_data"})
-    purge = (request.args.get("purge_data") or "false").lower()
-    if purge not in ("true", "false", "1", "0"):
-        raise error(["query", "purge_data"], "must be true or false")
+    query: DeleteQuery = structure_query(request.args, DeleteQuery)
     eng = engine()
     await _spec(connector_id)
     await eng.manager.remove(connector_id)
-    if not await eng.db.run(sql.delete_connector, connector_id, purge in ("true", "1")):
+    if not await eng.db.run(sql.delete_connector, connector_id, query.purge_data):
         raise NotFound(f"connector {connector_id} not found")
     return Response(b"", status=204)
 
 
 @bp.get("/api/connectors")
 async def list_connectors() -> Response:
-    db = engine().db
-    specs = await db.run(sql.list_connectors)
-    stored = await db.run(sql.status_names)
-    data = [connector_json(s, _status_word(s.connector_id, stored)) for s in specs]
+    eng = engine()
+    specs = await eng.db.run(sql.list_connectors)
+    stored = await eng.db.run(sql.status_names)
+    data = [connector_json(s, _status_word(s.connector_id, stored), eng.secrets) for s in specs]
     return json_response({"data": data, "count": len(data)})
 
 
@@ -80,7 +80,7 @@ async def list_connectors() -> Response:
 async def get_connector(connector_id: str) -> Response:
     spec = await _spec(connector_id)
     stored = await engine().db.run(sql.status_names)
-    return json_response(connector_json(spec, _status_word(connector_id, stored)))
+    return json_response(connector_json(spec, _status_word(connector_id, stored), engine().secrets))
 
 
 @bp.post("/api/connectors/<connector_id>/start")
@@ -132,8 +132,7 @@ async def connector_rejected(connector_id: str) -> Response:
 
 
 async def _listing(connector_id: str, query: Callable[..., list[dict[str, Any]]]) -> Response:
-    only_args({"limit"})
-    limit = int_arg("limit", 100, 1, MAX_LIMIT)
+    limit = structure_query(request.args, ListingQuery).limit
     await _spec(connector_id)
     rows = await engine().db.run(query, connector_id, limit)
     return json_response({"data": rows, "count": len(rows)})
@@ -141,7 +140,7 @@ async def _listing(connector_id: str, query: Callable[..., list[dict[str, Any]]]
 
 @bp.get("/api/connectors/<connector_id>/data")
 async def connector_data(connector_id: str) -> Response:
-    query = _data_query()
+    query: ConnectorDataQuery = structure_query(request.args, ConnectorDataQuery)
     spec = await _spec(connector_id)
     rows = await engine().db.run(
         queries.connector_records,
@@ -152,7 +151,8 @@ async def connector_data(connector_id: str) -> Response:
         sort_by=query.sort_by,
         descending=query.sort_order == -1,
     )
-    data = [record_json(row) for row in rows]
+    strings = query.numbers == "string"
+    data = [record_json(row, strings=strings) for row in rows]
     return json_response(
         {"data": data, "count": len(data), "limit": query.limit, "skip": query.skip}
     )
@@ -182,19 +182,3 @@ def _status_word(connector_id: str, stored: dict[str, str]) -> str:
     if connector_id in manager.known():
         return manager.status(connector_id).status
     return stored.get(connector_id, "inactive")
-
-
-def _data_query() -> DataQuery:
-    only_args({"limit", "skip", "sort_by", "sort_order"})
-    sort_by = request.args.get("sort_by") or "timestamp"
-    if sort_by not in queries.SORTABLE:
-        raise error(["query", "sort_by"], f"must be one of {sorted(queries.SORTABLE)}")
-    sort_order = int_arg("sort_order", -1, -1, 1)
-    if sort_order == 0:
-        raise error(["query", "sort_order"], "must be -1 (descending) or 1 (ascending)")
-    return DataQuery(
-        limit=int_arg("limit", 100, 1, MAX_LIMIT),
-        skip=int_arg("skip", 0, 0, MAX_SKIP),
-        sort_by=sort_by,
-        sort_order=sort_order,
-    )

@@ -17,7 +17,7 @@ from engine.storage import connectors as sql
 from ..context import engine, json_body
 from ..responses import json_response
 from ..schemas import Preview, preview_json
-from ..validation import error, structure
+from ..validation import structure
 
 bp = Blueprint("normalize", __name__)
 
@@ -35,12 +35,14 @@ async def preview() -> Response:
         mapping = body.field_mapping or spec.field_mapping
     frame = body.message if isinstance(body.message, str) else orjson.dumps(body.message)
     normalize = normalizer_for(exchange, mapping)
+    out: dict[str, Any] = {"exchange": exchange, "records": [], "control": None, "rejected": None}
     try:
         msg, raw = decode(frame)
         result = normalize(msg, raw, Context(connector_id, exchange), datetime.now(UTC))
     except BadMessage as exc:
-        raise error(["body", "message"], f"{exc.category}: {exc.detail}") from None
-    out: dict[str, Any] = {"exchange": exchange, "records": [], "control": None}
+        # What a connector would do with it: reject it, with this category and reason.
+        out["rejected"] = {"category": exc.category, "detail": exc.detail}
+        return json_response(out)
     if isinstance(result, Control):
         out["control"] = attrs.asdict(result)
     else:

@@ -9,6 +9,8 @@ Protocol:
   "instrument"?, "types"?, "batch"?}`` at any time to replace its filter; the server
   answers ``{"type": "subscribed", ...}``. ``{"action": "ping"}`` is answered with
   ``{"type": "pong"}``. Anything else gets ``{"type": "error", "detail": ...}``.
+* ``numbers=string`` (query or subscribe) sends prices and sizes as JSON strings; the
+  default is JSON numbers written with the source's digits.
 * Default framing is one ``data_update`` object per text frame. With ``batch`` on, each
   frame is ``{"type": "data_batch", "records": [...]}``.
 * A subscriber that falls behind gets ``{"type": "lagged"}`` and is closed with 1008; on
@@ -31,8 +33,10 @@ from quart import Blueprint, Response, websocket
 from engine.hub import Filter, Notice, Subscription, catch_up
 
 from ..context import engine, json_body
+from ..contract import structure_query
 from ..responses import detail, json_response
-from ..validation import error
+from ..schemas import RealtimeQuery, RealtimeTest
+from ..validation import RequestValidationError, structure
 
 bp = Blueprint("realtime", __name__)
 
@@ -51,7 +55,16 @@ def _text(value: Any, name: str) -> str | None:
 
 def parse_filter(spec: dict[str, Any]) -> tuple[Filter, bool]:
     """A subscription request → (filter, batch mode); ValueError names the bad field."""
-    known = {"action", "connector_id", "exchange", "instrument", "types", "batch", "token"}
+    known = {
+        "action",
+        "connector_id",
+        "exchange",
+        "instrument",
+        "types",
+        "batch",
+        "token",
+        "numbers",
+    }
     unknown = set(spec) - known
     if unknown:
         raise ValueError(f"unknown field {sorted(unknown)[0]}")
@@ -95,16 +108,35 @@ async def _send(text: str) -> None:
     await websocket.send(text)
 
 
+def _strings(value: Any) -> bool:
+    if value is None or value == "":
+        return False
+    if value not in ("number", "string"):
+        raise ValueError("numbers must be number or string")
+    return bool(value == "string")
+
+
+@bp.get("/api/realtime")
+async def realtime_over_http() -> Response:
+    """A plain GET: this endpoint only speaks WebSocket (RFC 9110: 426 names the upgrade)."""
+    response = detail("this endpoint is a WebSocket: send an Upgrade request", 426)
+    response.headers["Upgrade"] = "websocket"
+    response.headers["Connection"] = "Upgrade"
+    return response
+
+
 @bp.websocket("/api/realtime")
 async def realtime() -> Response | None:
     hub = engine().hub
     try:
+        query = structure_query(websocket.args, RealtimeQuery)
         initial, batch = parse_filter(dict(websocket.args))
-    except ValueError as exc:
+        strings = _strings(query.numbers)
+    except (ValueError, RequestValidationError) as exc:
         return detail(str(exc), 422)
     if hub.full:
         return detail(f"at most {hub.max_subscribers} realtime subscribers", 503)
-    with hub.subscribe(initial) as sub:  # no await since the check: no race
+    with hub.subscribe(initial, strings=strings) as sub:  # no await since the check: no race
         await websocket.accept()
         await _send('{"type":"connected"}')
         mode = {"batch": batch}
@@ -148,6 +180,8 @@ async def _listen(sub: Subscription, mode: dict[str, bool]) -> None:
                 await _send('{"type":"pong"}')
             elif action == "subscribe":
                 sub.filter, mode["batch"] = parse_filter(message)
+                if "numbers" in message:
+                    sub.strings = _strings(message["numbers"])
                 await _send(orjson.dumps(_describe(sub.filter, mode["batch"])).decode())
             else:
                 raise ValueError("action must be subscribe or ping")
@@ -158,15 +192,10 @@ async def _listen(sub: Subscription, mode: dict[str, bool]) -> None:
 @bp.post("/api/realtime/test")
 async def realtime_test() -> Response:
     """Broadcast a test message; answer how many subscribers it reached."""
-    body = await json_body(empty={})
-    if not isinstance(body, dict):
-        raise error(["body"], "expected a JSON object", "type_error")
-    for key in body:
-        if key != "message":
-            raise error(["body", key], "extra fields not permitted", "extra_forbidden")
+    body = structure(await json_body(empty={}), RealtimeTest)
     payload = {
         "type": "test",
-        "message": body.get("message", "test message"),
+        "message": body.message,
         "timestamp": datetime.now(UTC),
     }
     hub = engine().hub

@@ -19,45 +19,66 @@ from quart import Blueprint, Response, current_app, request
 from engine.errors import BadMessage
 from engine.ingest import Overrides, records_from_message
 from engine.models import Record
+from engine.normalize import NORMALIZERS
+from engine.normalize.common import parse_time
 from engine.storage import queries
 
 from ..context import background, engine, json_body
-from ..params import int_arg, only_args
+from ..contract import structure_query
 from ..responses import json_response
-from ..schemas import SaveBatch, SaveMessage, batch_json, record_json
+from ..schemas import (
+    DataFilterQuery,
+    DataQuery,
+    SaveBatch,
+    SaveMessage,
+    batch_json,
+    record_json,
+)
 from ..validation import error, structure
 
 bp = Blueprint("websocket_data", __name__)
 
-MAX_DATA_LIMIT = 100_000
-MAX_SKIP = 10_000_000
-FILTERS = {"exchange", "instrument", "connector_id", "from", "to", "after_id"}
-PAGE = {"limit", "skip", "collection_type", "sort_by", "sort_order"}
+
+def _exchange(body: SaveMessage) -> str:
+    """The normalizer: an explicit ``exchange`` wins, else ``format`` (the original
+    service's field), else ``custom``, which recognizes the message by its shape."""
+    if body.exchange is not None and body.exchange.lower() != "custom":
+        return body.exchange.lower()
+    if body.format is not None and body.format.lower() in NORMALIZERS:
+        return body.format.lower()
+    return "custom"
 
 
 def _records(body: SaveMessage, loc: list[str | int], batch_id: int | None = None) -> list[Record]:
+    """The records a saved message makes. A message the normalizer finds no market data in
+    (an unknown shape, an acknowledgement) is still stored, as one record holding it whole:
+    nothing a client saved is dropped. Only what PostgreSQL cannot store is refused."""
+    kwargs: dict[str, Any] = {
+        "connector_id": body.connector_id,
+        "received_at": datetime.now(UTC),
+        "overrides": Overrides(
+            instrument=body.instrument,
+            price=body.price,
+            size=body.size,
+            side=body.side,
+            message_type=body.message_type or body.type,
+            timestamp=body.timestamp,
+        ),
+        "idempotency_key": body.idempotency_key,
+        "batch_id": batch_id,
+        "message_number": body.messageNumber,
+        "format": body.format,
+    }
     try:
-        records = records_from_message(
-            body.data,
-            exchange=body.exchange,
-            connector_id=body.connector_id,
-            received_at=datetime.now(UTC),
-            overrides=Overrides(
-                instrument=body.instrument,
-                price=body.price,
-                size=body.size,
-                side=body.side,
-                message_type=body.message_type,
-                timestamp=body.timestamp,
-            ),
-            idempotency_key=body.idempotency_key,
-            batch_id=batch_id,
-        )
+        try:
+            return records_from_message(body.data, exchange=_exchange(body), **kwargs)
+        except BadMessage as exc:
+            if exc.category == "nul_character" or exc.field is not None:
+                raise
+            return records_from_message(body.data, exchange="raw", **kwargs)
     except BadMessage as exc:
-        raise error([*loc, "data"], f"{exc.category}: {exc.detail}") from None
-    if not records:
-        raise error([*loc, "data"], "the message holds no records (an empty array?)")
-    return records
+        where = [*loc, exc.field] if exc.field else [*loc, "data"]
+        raise error(where, f"{exc.category}: {exc.detail}") from None
 
 
 def _save_result(ticket_ids: list[int | None], rejected: dict[int, str]) -> dict[str, Any]:
@@ -75,8 +96,6 @@ async def save_message() -> Response:
     body = structure(await json_body(), SaveMessage)
     records = _records(body, ["body"])
     ticket = await engine().save(records)
-    if ticket.rejected and len(ticket.rejected) == len(records):
-        raise error(["body", "data"], f"the database refused it: {ticket.rejected[0]}")
     return json_response(_save_result(ticket.ids, ticket.rejected), 201)
 
 
@@ -87,7 +106,11 @@ async def save_batch() -> Response:
     for i, message in enumerate(body.messages):
         _records(_inherit(message, body), ["body", "messages", i])
     batch_id = await engine().db.run(
-        queries.insert_batch, body.connector_id, body.exchange, len(body.messages), body.metrics
+        queries.insert_batch,
+        body.connector_id,
+        body.exchange or "custom",
+        len(body.messages),
+        body.metrics,
     )
     records: list[Record] = []
     for i, message in enumerate(body.messages):
@@ -101,63 +124,51 @@ def _inherit(message: SaveMessage, batch: SaveBatch) -> SaveMessage:
     changes: dict[str, Any] = {}
     if message.connector_id is None and batch.connector_id is not None:
         changes["connector_id"] = batch.connector_id
-    if message.exchange == "custom" and batch.exchange != "custom":
+    if (message.exchange is None or message.exchange == "custom") and batch.exchange:
         changes["exchange"] = batch.exchange
     return attrs.evolve(message, **changes) if changes else message
 
 
-def _time_arg(name: str) -> datetime | None:
-    raw = request.args.get(name)
-    if not raw:
+def _time_arg(raw: str | None, name: str) -> datetime | None:
+    if raw is None:
         return None
-    try:
-        if raw.isdigit():
-            return datetime.fromtimestamp(int(raw) / (1000 if len(raw) > 11 else 1), UTC)
-        value = datetime.fromisoformat(raw.replace("Z", "+00:00"))
-    except (ValueError, OverflowError, OSError):
-        raise error(["query", name], "must be an ISO 8601 time or epoch seconds/ms") from None
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
+    value = parse_time(raw)
+    if value is None:
+        raise error(["query", name], "must be an RFC 3339 / ISO 8601 time or epoch digits")
+    return value
 
 
-def _filter() -> tuple[queries.DataFilter, bool]:
-    collection = request.args.get("collection_type") or "messages"
-    if collection not in ("messages", "batches"):
-        raise error(["query", "collection_type"], "must be messages or batches")
-    sort_order = int_arg("sort_order", -1, -1, 1)
-    if sort_order == 0:
-        raise error(["query", "sort_order"], "must be -1 (descending) or 1 (ascending)")
-    after = request.args.get("after_id")
-    after_id = int_arg("after_id", 0, 0, 2**63 - 1) if after else None
+def _filter(q: DataFilterQuery, after_id: int | None = None) -> tuple[queries.DataFilter, bool]:
     f = queries.DataFilter(
-        exchange=request.args.get("exchange") or None,
-        instrument=request.args.get("instrument") or None,
-        connector_id=request.args.get("connector_id") or None,
-        time_from=_time_arg("from"),
-        time_to=_time_arg("to"),
+        exchange=q.exchange,
+        instrument=q.instrument,
+        connector_id=q.connector_id,
+        time_from=_time_arg(q.from_, "from"),
+        time_to=_time_arg(q.to, "to"),
         after_id=after_id,
-        descending=sort_order == -1,
+        descending=getattr(q, "sort_order", -1) == -1,
     )
-    if f.time_from and f.time_to and f.time_from > f.time_to:
-        raise error(["query", "from"], "must not be after 'to'")
-    return f, collection == "batches"
+    return f, q.collection_type == "batches"
 
 
 @bp.get("/api/websocket/data")
 async def websocket_data() -> Response:
-    only_args(FILTERS | PAGE)
-    f, batches = _filter()
+    q: DataQuery = structure_query(request.args, DataQuery)
+    f, batches = _filter(q, q.after_id)
+    sort_by = q.sort_by or ("received_at" if batches else "timestamp")
+    if batches and sort_by == "timestamp":
+        sort_by = "received_at"  # a batch's time
     allowed = queries.BATCH_SORTABLE if batches else queries.MESSAGE_SORTABLE
-    sort_by = request.args.get("sort_by") or ("received_at" if batches else "timestamp")
     if sort_by not in allowed:
-        raise error(["query", "sort_by"], f"must be one of {sorted(allowed)}")
-    if f.after_id is not None and sort_by != "id":
-        raise error(["query", "after_id"], "keyset pagination needs sort_by=id")
-    limit = int_arg("limit", 100, 1, MAX_DATA_LIMIT)
-    skip = int_arg("skip", 0, 0, MAX_SKIP)
+        sort_by = "id"  # a column this collection does not have (documented)
+    limit, skip = q.limit, q.skip
+    strings = q.numbers == "string"
     query, params = queries.data_query(f, batches=batches, sort_by=sort_by, limit=limit, skip=skip)
     send, receive = trio.open_memory_channel[list[dict[str, Any]]](1)
     db = engine().db
-    to_json = batch_json if batches else record_json
+
+    def to_json(row: dict[str, Any]) -> dict[str, Any]:
+        return batch_json(row) if batches else record_json(row, strings=strings)
 
     async def produce() -> None:
         try:
@@ -184,7 +195,6 @@ async def websocket_data() -> Response:
 
 @bp.get("/api/websocket/data/count")
 async def websocket_data_count() -> Response:
-    only_args(FILTERS | {"collection_type"})
-    f, batches = _filter()
+    f, batches = _filter(structure_query(request.args, DataFilterQuery))
     count = await engine().db.run(queries.count_data, f, batches=batches)
     return json_response({"count": count})
