@@ -18,6 +18,7 @@ from .bitstamp import normalize_bitstamp
 from .bybit import normalize_bybit
 from .coinbase import normalize_coinbase
 from .common import ACK, PONG, Context, Control, Normalizer
+from .detect import normalize_detected
 from .generic import normalize_generic
 from .kraken import normalize_kraken
 from .mapping import FieldMapping, mapped_normalizer
@@ -46,9 +47,12 @@ __all__ = [
 
 def normalizer_for(exchange: str, mapping: dict[str, str] | None = None) -> Normalizer:
     """The normalizer for a connector: its field mapping if it has one, else the
-    exchange's own, else the generic one."""
+    exchange's own; ``custom`` recognizes each message's shape (``detect``); any other
+    exchange gets the generic one."""
     if mapping:
         return mapped_normalizer(FieldMapping.from_dict(mapping))
+    if exchange == "custom":
+        return normalize_detected
     return NORMALIZERS.get(exchange, normalize_generic)
 
 
