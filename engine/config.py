@@ -115,7 +115,7 @@ def _dsn_from_env(env: Mapping[str, str]) -> str | None:
     user = quote(env.get("POSTGRES_USER") or "postgres", safe="")
     password = env.get("POSTGRES_PASSWORD") or ""
     auth = f"{user}:{quote(password, safe='')}" if password else user
-    db = quote(env.get("POSTGRES_DB") or "sluice", safe="")
+    db = quote(env.get("POSTGRES_DB") or "etl_tool", safe="")  # the original service's default
     return f"postgresql://{auth}@{host}:{port}/{db}"
 
 

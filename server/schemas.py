@@ -456,6 +456,10 @@ _OPTIONAL_COLUMNS = (
 )
 
 
+# A saved message's fields, under the names the client sent them with.
+_WIRE = {"message_number": "messageNumber"}
+
+
 def record_json(row: dict[str, Any], *, strings: bool = False) -> dict[str, Any]:
     """A stored record row (``data`` selected as JSON text) as the API shows it: the shape
     of a realtime ``data_update`` without ``type``, numbers as JSON numbers with their
@@ -479,7 +483,7 @@ def record_json(row: dict[str, Any], *, strings: bool = False) -> dict[str, Any]
         out[key] = value
     for key in _OPTIONAL_COLUMNS:
         if key in row:
-            out[key] = row[key]
+            out[_WIRE.get(key, key)] = row[key]
     out["data"] = orjson.Fragment(row["data"])
     return out
 
