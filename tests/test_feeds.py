@@ -314,3 +314,97 @@ def test_unknown_shapes_stay_generic_and_explicit_exchanges_win() -> None:
         "bitfinex", {"e": "trade", "s": "BTCUSDT", "t": 1, "p": "1", "q": "1", "T": 1, "m": True}
     )
     assert (g.exchange, g.side) == ("bitfinex", None)
+
+
+def test_okx_books() -> None:
+    snapshot = {
+        "arg": {"channel": "books", "instId": "BTC-USDT"},
+        "action": "snapshot",
+        "data": [
+            {
+                "asks": [["8476.98", "415", "0", "13"], ["8477", "7", "0", "2"]],
+                "bids": [["8476.97", "256", "0", "12"]],
+                "ts": "1597026383085",
+                "checksum": -855196043,
+                "seqId": 123456,
+            }
+        ],
+    }
+    [book] = run("okx", snapshot)
+    assert cols(book) == ("okx", "book_snapshot", "BTC-USDT", None, None, None)
+    assert best(book) == ("8476.97", "256", "8476.98", "415")
+    [update] = run("okx", {**snapshot, "action": "update"})
+    assert (update.message_type, best(update)) == ("book_delta", (None, None, None, None))
+    five = {"arg": {"channel": "books5", "instId": "ETH-USDT"}, "data": snapshot["data"]}
+    [top] = run("okx", five)  # books5 sends the whole top every time
+    assert (top.message_type, top.instrument) == ("book_snapshot", "ETH-USDT")
+
+
+def test_binance_depth_streams() -> None:
+    partial = {
+        "stream": "bnbbtc@depth5",
+        "data": {"lastUpdateId": 160, "bids": [["0.0024", "10"]], "asks": [["0.0026", "100"]]},
+    }
+    [snap] = run("binance", partial)
+    assert cols(snap) == ("binance", "book_snapshot", "BNBBTC", None, None, None)
+    assert best(snap) == ("0.0024", "10", "0.0026", "100")
+    diff = {
+        "e": "depthUpdate",
+        "E": 1672515782136,
+        "s": "BNBBTC",
+        "U": 157,
+        "u": 160,
+        "b": [["0.0024", "10"]],
+        "a": [["0.0026", "100"]],
+    }
+    [delta] = run("binance", diff)
+    assert cols(delta) == ("binance", "book_delta", "BNBBTC", None, None, None)
+    assert delta.source_id == "160"
+
+
+def test_coinbase_books_both_apis() -> None:
+    snapshot = {
+        "type": "snapshot",
+        "product_id": "BTC-USD",
+        "bids": [["10101.10", "0.45054140"]],
+        "asks": [["10102.55", "0.57753524"]],
+    }
+    [snap] = run("coinbase", snapshot)
+    assert cols(snap) == ("coinbase", "book_snapshot", "BTC-USD", None, None, None)
+    assert best(snap) == ("10101.10", "0.45054140", "10102.55", "0.57753524")
+    update = {
+        "type": "l2update",
+        "product_id": "BTC-USD",
+        "time": "2019-08-14T20:42:27.265Z",
+        "changes": [["buy", "10101.80000000", "0.162567"]],
+    }
+    [delta] = run("coinbase", update)
+    assert (delta.message_type, delta.instrument) == ("book_delta", "BTC-USD")
+    advanced = {
+        "channel": "l2_data",
+        "timestamp": "2023-02-09T20:32:50.714964855Z",
+        "sequence_num": 0,
+        "events": [
+            {
+                "type": "snapshot",
+                "product_id": "BTC-USD",
+                "updates": [
+                    {"side": "bid", "price_level": "21921.73", "new_quantity": "0.06317902"},
+                    {"side": "bid", "price_level": "21921.80", "new_quantity": "0.5"},
+                    {"side": "offer", "price_level": "21923.00", "new_quantity": "0.1"},
+                    {"side": "offer", "price_level": "21922.10", "new_quantity": "0.2"},
+                ],
+            }
+        ],
+    }
+    [adv] = run("coinbase", advanced)
+    assert cols(adv) == ("coinbase", "book_snapshot", "BTC-USD", None, None, None)
+    assert best(adv) == ("21921.80", "0.5", "21922.10", "0.2")
+
+
+def test_book_frames_are_recognized_by_shape_too() -> None:
+    assert exchange_of({"e": "depthUpdate", "s": "BNBBTC", "u": 1, "b": [], "a": []}) == "binance"
+    assert exchange_of({"type": "snapshot", "product_id": "BTC-USD", "bids": []}) == "coinbase"
+    okx = {"arg": {"channel": "books", "instId": "BTC-USDT"}, "action": "snapshot", "data": []}
+    assert exchange_of(okx) == "okx"
+    assert exchange_of(KRAKEN_V1_BOOK) == "kraken"

@@ -1,6 +1,8 @@
 """Binance spot WebSocket events, raw (``{"e": "trade", ...}``) or in the combined-stream
 envelope ``{"stream": "btcusdt@trade", "data": {...}}``: trade, aggTrade, bookTicker,
-24hrTicker, 24hrMiniTicker and kline.
+24hrTicker, 24hrMiniTicker and kline; order books as book records: ``depthUpdate`` (diff
+depth, a delta) and partial depth ``{"lastUpdateId", "bids", "asks"}`` (a snapshot whose
+symbol is only in the stream name, ``btcusdt@depth5``).
 
 ``{"result": null, "id": 1}`` answers a SUBSCRIBE request (control); ``{"error": ...}`` is an
 error the exchange reports. Other event types are kept with the generic field guesses.
@@ -15,6 +17,7 @@ import orjson
 
 from ..errors import BadMessage
 from ..models import Record
+from .books import book_record
 from .common import (
     ACK,
     Context,
@@ -42,6 +45,33 @@ def normalize_binance(
     kind = event.get("e")
     if kind == "trade" or kind == "aggTrade":
         return [_trade(event, kind, payload, ctx, received_at)]
+    if kind == "depthUpdate":
+        return [
+            book_record(
+                ctx,
+                received_at,
+                payload,
+                snapshot=False,
+                instrument=event.get("s"),
+                timestamp=event.get("E"),
+                key=event.get("u"),
+            )
+        ]
+    if kind is None and "lastUpdateId" in event and "bids" in event and "asks" in event:
+        stream = msg.get("stream")
+        symbol = stream.split("@", 1)[0].upper() if isinstance(stream, str) else None
+        return [
+            book_record(
+                ctx,
+                received_at,
+                payload,
+                snapshot=True,
+                instrument=event.get("s", symbol),
+                bids=event.get("bids"),
+                asks=event.get("asks"),
+                key=event.get("lastUpdateId"),
+            )
+        ]
     if kind == "24hrTicker" or kind == "24hrMiniTicker":
         full = kind == "24hrTicker"
         return [

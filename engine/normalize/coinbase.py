@@ -14,6 +14,7 @@ import orjson
 
 from ..errors import BadMessage
 from ..models import Record
+from .books import book_record
 from .common import ACK, Context, Control, make_record
 from .generic import normalize_generic
 
@@ -61,16 +62,66 @@ def normalize_coinbase(
                 ask_size=msg.get("best_ask_size"),
             )
         ]
+    if kind in ("snapshot", "l2update"):
+        return [
+            book_record(
+                ctx,
+                received_at,
+                raw,
+                snapshot=kind == "snapshot",
+                instrument=msg.get("product_id"),
+                bids=msg.get("bids"),
+                asks=msg.get("asks"),
+                timestamp=msg.get("time"),
+            )
+        ]
     if kind in ("subscriptions", "heartbeat"):
         return ACK
     if kind == "error":
         return Control("error", f"Coinbase error: {msg.get('message')} {msg.get('reason', '')}")
     channel = msg.get("channel")
+    if channel in ("l2_data", "level2") and isinstance(msg.get("events"), list):
+        return _advanced_books(msg, ctx, received_at)
     if channel in ("market_trades", "ticker", "ticker_batch") and "events" in msg:
         return _advanced(msg, channel, ctx, received_at)
     if channel in ("subscriptions", "heartbeats"):
         return ACK
     return normalize_generic(msg, raw, ctx, received_at)
+
+
+def _advanced_books(msg: dict[str, Any], ctx: Context, received_at: datetime) -> list[Record]:
+    """Advanced Trade ``l2_data``: each event a snapshot or update of price levels
+    (``side`` bid/offer, ``price_level``, ``new_quantity``), in no promised order."""
+    records = []
+    for event in msg["events"]:
+        if not isinstance(event, dict):
+            raise BadMessage("bad_shape", "Coinbase event is not an object")
+        updates = [u for u in event.get("updates") or [] if isinstance(u, dict)]
+        levels = {
+            side: sorted(
+                (
+                    [u.get("price_level"), u.get("new_quantity")]
+                    for u in updates
+                    if u.get("side") == side
+                ),
+                key=lambda level: float(level[0] or 0),
+                reverse=side == "bid",
+            )
+            for side in ("bid", "offer")
+        }
+        records.append(
+            book_record(
+                ctx,
+                received_at,
+                orjson.dumps(event),
+                snapshot=event.get("type") == "snapshot",
+                instrument=event.get("product_id"),
+                bids=levels["bid"],
+                asks=levels["offer"],
+                timestamp=msg.get("timestamp"),
+            )
+        )
+    return records
 
 
 def _advanced(

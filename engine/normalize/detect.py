@@ -29,7 +29,9 @@ from .generic import normalize_generic
 from .kraken import is_v1_frame, normalize_kraken
 from .okx import normalize_okx
 
-_BINANCE_EVENTS = frozenset({"trade", "aggTrade", "24hrTicker", "24hrMiniTicker", "kline"})
+_BINANCE_EVENTS = frozenset(
+    {"trade", "aggTrade", "24hrTicker", "24hrMiniTicker", "kline", "depthUpdate"}
+)
 _COINBASE_TYPES = frozenset({"match", "last_match", "ticker", "l2update", "snapshot"})
 _COINBASE_CHANNELS = frozenset({"market_trades", "ticker", "l2_data", "level2"})
 _KRAKEN_CHANNELS = frozenset({"trade", "ticker", "book"})

@@ -1,7 +1,10 @@
 """OKX v5 public WebSocket messages: ``{"arg": {...}, "data": [...]}``.
 
-One message may carry several records. ``{"event": "subscribe"}`` and the text ``pong``
-are control messages; ``{"event": "error"}`` is an error the exchange reports.
+One message may carry several records. Order book channels (``books``, ``books5``,
+``bbo-tbt``, ``books-l2-tbt``, ``books50-l2-tbt``) are book records: ``action``
+``snapshot`` (or none: ``books5``/``bbo-tbt`` always send the whole top) or ``update``.
+``{"event": "subscribe"}`` and the text ``pong`` are control messages;
+``{"event": "error"}`` is an error the exchange reports.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import orjson
 
 from ..errors import BadMessage
 from ..models import Record
+from .books import book_record
 from .common import (
     ACK,
     Context,
@@ -47,6 +51,21 @@ def normalize_okx(
     for item in data:
         if not isinstance(item, dict):
             raise BadMessage("bad_shape", "OKX data item is not an object")
+        if channel.startswith(("books", "bbo")):
+            records.append(
+                book_record(
+                    ctx,
+                    received_at,
+                    orjson.dumps(item),
+                    snapshot=msg.get("action", "snapshot") == "snapshot",
+                    instrument=item.get("instId", arg_inst),
+                    bids=item.get("bids"),
+                    asks=item.get("asks"),
+                    timestamp=item.get("ts"),
+                    key=item.get("seqId"),
+                )
+            )
+            continue
         records.append(_record(item, channel, arg_inst, ctx, received_at))
     return records
 
