@@ -28,6 +28,7 @@ from .runner import (
     machine,
     machine_speed,
     naive_baseline,
+    normalize_cost,
     postgres,
     run_scenario,
     store_ceiling,
@@ -269,6 +270,13 @@ def report(
         f"| {store:,.0f} rows/s |",
         f"| transport ceiling: receive + parse only, no storage | {transport:,.0f} msg/s |",
     ]
+    if "normalize_known_us" in baselines:
+        lines.append(
+            f"| decode + normalize one Binance trade: through `binance` / through `custom` "
+            f"(shape detection first; only sources of unknown exchange pay it) "
+            f"| {baselines['normalize_known_us']:.2f} / {baselines['normalize_detected_us']:.2f}"
+            " µs |"
+        )
     if "http_cores" in baselines:
         lines.append(
             f"| HTTP client alone (httpx on Trio), {baselines['http_requests_per_s']:,.0f} "
@@ -531,6 +539,7 @@ def main(argv: list[str] | None = None) -> int:
                 "store": store_ceiling(dsn, n),
             }
         baselines["transport"] = transport_ceiling(n)
+        baselines.update({f"normalize_{k}": v for k, v in normalize_cost().items()})
         baselines.update({f"speed_{k}": v for k, v in machine_speed().items()})
         fans = [s for s, _ in plan if s.subscribers >= 100]
         if fans:

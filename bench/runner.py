@@ -23,6 +23,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
@@ -35,12 +36,13 @@ import trio
 from psycopg import sql
 
 from engine.config import Settings
+from engine.normalize import Context, decode, normalizer_for
 from engine.storage import Database
 from engine.storage.records import insert_records
 from engine.transport import SansIOTransport
 
 from .fanout import records_json
-from .firehose import firehose_records
+from .firehose import binance_trade, firehose_records
 
 KEY = "bench-key-0123456789abcdef-01234"
 
@@ -204,6 +206,27 @@ _output: dict[int, list[str]] = {}
 def output_of(proc: subprocess.Popen[str]) -> list[str]:
     """Lines a helper process printed after it was ready (so far)."""
     return _output.get(proc.pid, [])
+
+
+def normalize_cost(n: int = 20_000) -> dict[str, float]:
+    """µs per message to decode and normalize the firehose's Binance trades through the
+    Binance normalizer directly and through ``custom`` (shape detection first), best of
+    three alternating rounds: what detection costs a source whose exchange is unknown.
+    Known exchanges never take the detour."""
+    now = time.time()
+    frames = [binance_trade(i, int(now * 1000), now).encode() for i in range(n)]
+    received = datetime.now(UTC)
+    best = {"binance": math.inf, "custom": math.inf}
+    for _ in range(3):
+        for exchange in best:
+            normalize = normalizer_for(exchange)
+            ctx = Context("conn_bench", exchange)
+            started = time.perf_counter()
+            for frame in frames:
+                message, raw = decode(frame)
+                normalize(message, raw, ctx, received)
+            best[exchange] = min(best[exchange], (time.perf_counter() - started) / n * 1e6)
+    return {"known_us": best["binance"], "detected_us": best["custom"]}
 
 
 def transport_ceiling(n: int) -> float:

@@ -23,5 +23,6 @@ def test_bench_runner_smoke(admin_dsn: str) -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "naive design" in result.stdout
+    assert "through `custom`" in result.stdout  # the cost of shape detection
     for key in ("smoke-ws", "smoke-okx", "smoke-rest", "smoke-stall"):
         assert f"### {key}:" in result.stdout
