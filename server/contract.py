@@ -267,8 +267,10 @@ def _nul_free(schema: J) -> J:
     names = types_ if isinstance(types_, list) else [types_]
     if "string" in names and "pattern" not in schema and "enum" not in schema:
         schema = {**schema, "pattern": NUL_FREE}
-    if names == ["object"] and "propertyNames" not in schema:
-        schema = {**schema, "propertyNames": {"pattern": NUL_FREE}}
+    if "object" in names:
+        keys = schema.get("propertyNames", {})
+        if "pattern" not in keys and "enum" not in keys:
+            schema = {**schema, "propertyNames": {**keys, "pattern": NUL_FREE}}
     for key in ("additionalProperties", "items"):
         if isinstance(schema.get(key), dict):
             schema = {**schema, key: _nul_free(schema[key])}

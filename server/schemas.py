@@ -34,6 +34,15 @@ MAX_SUBSCRIBE_MESSAGES = 100
 MAX_BATCH_MESSAGES = 10_000
 MASK = "****"
 
+#: Whitespace as Python's str.isspace() and ECMA-262's \s together, spelled out so that
+#: every regex engine reading a pattern (ours, the client's, Schemathesis') agrees.
+SPACE = "".join(
+    [
+        "\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680",
+        *map(chr, range(0x2000, 0x200B)),
+        "\u2028\u2029\u202f\u205f\u3000\ufeff",
+    ]
+)
 _PORT = r"(?::(?:[0-9]{1,4}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5]))?"
 _H = "[0-9a-fA-F]{1,4}"
 _OCTET = "(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
@@ -55,7 +64,13 @@ _V6 = "|".join(
 #: path/query without whitespace. Every URL it matches splits cleanly (urllib).
 URL_PATTERN = (
     r"^(?:[wW][sS][sS]?|[hH][tT][tT][pP][sS]?)://"
-    r"(?:[A-Za-z0-9\-._~%!$&'()*+,;=]+|\[(?:" + _V6 + r")\])" + _PORT + r"(?:[/?#][^\s\x00]*)?$"
+    r"(?:[A-Za-z0-9\-._~%!$&'()*+,;=]+|\[(?:"
+    + _V6
+    + r")\])"
+    + _PORT
+    + "(?:[/?#][^"
+    + SPACE
+    + r"\x00]*)?$"
 )
 NAME_TOKEN = r"^[A-Za-z0-9_]{1,50}$"
 HEADER_NAME = r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,100}$"
@@ -146,7 +161,7 @@ class ConnectorCreate:
     name: str = field(
         minLength=1,
         maxLength=200,
-        pattern=r"^[^\x00]*[^\s\x00][^\x00]*$",
+        pattern="^[^\\x00]*[^" + SPACE + "\\x00][^\\x00]*$",
         error_text="must not be blank",
     )
     api_url: str = field(

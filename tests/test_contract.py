@@ -11,9 +11,13 @@ but its plain-HTTP answer (426) is checked here too.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta, timezone
+from urllib.parse import urlsplit
+
 import pytest
 import schemathesis
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
@@ -23,7 +27,10 @@ from schemathesis.specs.openapi.checks import (
     unsupported_method,
 )
 
+from engine.normalize.common import parse_time
+from engine.sources import protocol_for
 from server.openapi import SPEC
+from server.schemas import URL_PATTERN
 
 schema = schemathesis.openapi.from_dict(SPEC).exclude(path_regex=r"^/(docs|api/realtime$)")
 # Realtime speaks WebSocket; over plain HTTP every request, valid or not, gets its 426.
@@ -41,7 +48,7 @@ CHECKS = [
 
 @schema.parametrize()
 @settings(
-    max_examples=25,
+    max_examples=50,
     derandomize=True,
     deadline=None,
     suppress_health_check=list(HealthCheck),
@@ -59,3 +66,27 @@ def test_realtime_over_plain_http_is_a_documented_426(
 ) -> None:
     checks = [c for c in CHECKS if c is not positive_data_acceptance]
     case.call_and_validate(base_url=live_url, checks=checks, timeout=30)
+
+
+@settings(max_examples=2000, derandomize=True, deadline=None)
+@given(st.from_regex(URL_PATTERN))
+def test_every_url_the_schema_accepts_splits_into_a_host_and_port(url: str) -> None:
+    # The published pattern is the validation: whatever it admits, the connector code
+    # must be able to take apart (urllib raises on bad ports and bracketed hosts).
+    parts = urlsplit(url)
+    assert parts.hostname
+    assert parts.port is None or 0 <= parts.port <= 65535
+    assert protocol_for(url) is not None
+
+
+OFFSETS = st.integers(-(24 * 60 - 1), 24 * 60 - 1).map(lambda m: timezone(timedelta(minutes=m)))
+
+
+@settings(max_examples=500, derandomize=True, deadline=None)
+@given(st.datetimes(timezones=OFFSETS), st.sampled_from(["T", "t", " "]))
+def test_every_rfc3339_time_parses(moment: datetime, separator: str) -> None:
+    text = moment.isoformat(sep=separator)  # offsets in whole minutes, as RFC 3339 has them
+    parsed = parse_time(text)
+    assert parsed is not None
+    clamped = moment.astimezone(UTC) if 1 < moment.year < 9999 else parsed
+    assert parsed == clamped
