@@ -21,6 +21,7 @@ from .runner import (
     STORE_BATCH,
     Progress,
     Scenario,
+    announce_cost,
     fanout_ceiling,
     finite,
     fresh_database,
@@ -270,6 +271,15 @@ def report(
         f"| {store:,.0f} rows/s |",
         f"| transport ceiling: receive + parse only, no storage | {transport:,.0f} msg/s |",
     ]
+    if "announce_plain_commits_per_s" in baselines:
+        plain, notify = (
+            baselines["announce_plain_commits_per_s"],
+            baselines["announce_notify_commits_per_s"],
+        )
+        lines.append(
+            f"| cluster: 500-record commits with / without the NOTIFY of their ids (a listener "
+            f"connected) | {notify:,.0f} / {plain:,.0f} commits/s ({notify / plain:.2f}×) |"
+        )
     if "normalize_known_us" in baselines:
         lines.append(
             f"| decode + normalize one Binance trade: through `binance` / through `custom` "
@@ -538,6 +548,7 @@ def main(argv: list[str] | None = None) -> int:
                 "naive": naive_baseline(dsn, 300 if args.smoke else 3_000),
                 "store": store_ceiling(dsn, n),
             }
+            baselines.update({f"announce_{k}": v for k, v in announce_cost(dsn, n).items()})
         baselines["transport"] = transport_ceiling(n)
         baselines.update({f"normalize_{k}": v for k, v in normalize_cost().items()})
         baselines.update({f"speed_{k}": v for k, v in machine_speed().items()})

@@ -38,6 +38,7 @@ from psycopg import sql
 from engine.config import Settings
 from engine.normalize import Context, decode, normalizer_for
 from engine.storage import Database
+from engine.storage import cluster as cluster_sql
 from engine.storage.records import insert_records
 from engine.transport import SansIOTransport
 
@@ -95,6 +96,48 @@ def store_ceiling(dsn: str, n: int) -> float:
             return n / (time.perf_counter() - started)
 
     return trio.run(run)
+
+
+def announce_cost(dsn: str, n: int, batch: int = 500) -> dict[str, float]:
+    """Commits/s of ``batch``-record writes with and without the cluster's NOTIFY of the
+    committed ids (one listener connected, as in a cluster), alternating three rounds:
+    NOTIFY takes a database-wide lock while its transaction commits."""
+    settings = Settings(postgres_dsn=dsn, pool_min=1, pool_max=2, encryption_key=KEY)
+    records = firehose_records(0, n)
+    listener = psycopg.connect(dsn, autocommit=True)
+    listener.execute(f"LISTEN {cluster_sql.FEED_CHANNEL}")
+
+    async def run() -> dict[str, float]:
+        best = {False: 0.0, True: 0.0}
+        async with Database.open(settings) as db:
+            for round_ in range(3):
+                for announce in (False, True):
+                    chunk = records[round_ * n // 3 : (round_ + 1) * n // 3]
+                    chunk = [attrs.evolve(r, dedup_key=f"{r.dedup_key}:{announce}") for r in chunk]
+                    started = time.perf_counter()
+                    for i in range(0, len(chunk), batch):
+                        await db.sink(
+                            cluster_sql.write_fenced,
+                            chunk[i : i + batch],
+                            "bench",
+                            {},
+                            set(),
+                            announce,
+                        )
+                    commits = len(chunk) / batch / (time.perf_counter() - started)
+                    best[announce] = max(best[announce], commits)
+                    await trio.to_thread.run_sync(_drain_notifications, listener)
+        return {"plain_commits_per_s": best[False], "notify_commits_per_s": best[True]}
+
+    try:
+        return trio.run(run)
+    finally:
+        listener.close()
+
+
+def _drain_notifications(conn: psycopg.Connection[Any]) -> None:
+    for _ in conn.notifies(timeout=0.1):
+        pass
 
 
 # DESIGN.md's reference measurements of this project's machine, taken when the targets

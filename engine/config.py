@@ -39,6 +39,10 @@ class Settings:
     gc_freeze: bool = False  # from_env turns it on: a server process, not a test
     batch_max_age: float = 0.05
     drain_timeout: float = 10.0
+    #: Cluster: seconds between heartbeats/reconciliations, and a lease's life without
+    #: renewal (a dead or frozen instance's connectors move after about this long).
+    cluster_interval: float = 1.0
+    lease_ttl: float = 5.0
     max_frame_bytes: int = 4 * 1024 * 1024
     connector_buffer_bytes: int = 64 * 1024 * 1024
     realtime_max_lag: int = 20_000
@@ -83,6 +87,8 @@ class Settings:
             gc_freeze=_bool(env, "SLUICE_GC_FREEZE", True),
             batch_max_age=_int(env, "SLUICE_BATCH_MAX_AGE_MS", 50, 1, 60_000) / 1000,
             drain_timeout=_float(env, "SLUICE_DRAIN_TIMEOUT", 10.0, 0.0, 3600),
+            cluster_interval=_float(env, "SLUICE_CLUSTER_INTERVAL", 1.0, 0.1, 60),
+            lease_ttl=_float(env, "SLUICE_LEASE_TTL", 5.0, 1.0, 600),
             max_frame_bytes=_int(env, "SLUICE_MAX_FRAME_BYTES", 4 * 1024 * 1024, 1024, 2**30),
             connector_buffer_bytes=_int(
                 env, "SLUICE_CONNECTOR_BUFFER_BYTES", 64 * 1024 * 1024, 1024, 2**34

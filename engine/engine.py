@@ -23,10 +23,11 @@ import attrs
 import httpx
 import trio
 
+from .cluster import Coordinator, Relay, instance_name
 from .config import Settings
 from .crypto import Keyring, load_keyring
 from .egress import EgressPolicy, GuardedTransport
-from .errors import SinkUnavailable, Unavailable
+from .errors import BadMessage, SinkUnavailable, Unavailable
 from .hub import BroadcastHub, HubItem
 from .instrument import EngineInstrument
 from .journal import Journal
@@ -35,6 +36,7 @@ from .models import Record, SourceBatch
 from .processor import Processor
 from .retention import Retention
 from .storage import Database
+from .storage import cluster as cluster_sql
 from .supervisor import Supervisor
 from .transport import transport_named
 from .writer import BatchWriter, WriterInput, WriteTicket
@@ -64,6 +66,10 @@ class Engine:
     _hub: BroadcastHub | None = None
     _manager: ConnectorManager | None = None
     _journal: Journal | None = None
+    _coordinator: Coordinator | None = None
+    _relay: Relay | None = None
+    #: This process's id in the cluster (host-pid-random), named in status and logs.
+    instance_id: str = attrs.field(factory=instance_name)
     _ingest: trio.MemorySendChannel[WriterInput] | None = None
     supervisors: list[Supervisor] = attrs.field(factory=list)
     retention: Retention | None = None
@@ -132,13 +138,32 @@ class Engine:
             "supervisors": [attrs.asdict(s.statistics()) for s in self.supervisors],
             "channels": channels,
         }
-        for name in ("writer", "processor", "hub", "journal"):
+        for name in ("writer", "processor", "hub", "journal", "coordinator", "relay"):
             actor = getattr(self, "_" + name)
             if actor is not None:
                 snapshot = attrs.asdict(actor.statistics())
                 snapshot.pop("sources", None)
                 stats[name] = snapshot
         return stats
+
+    async def announce_notice(self, kind: str, notice: dict[str, Any]) -> None:
+        """Send a notice (``gap``, ``test``) to the other instances' subscribers too."""
+        coordinator = self._coordinator
+        if coordinator is None or not coordinator.announce:
+            return
+        payload = {"i": coordinator.instance_id, "t": kind, "n": notice}
+        try:
+            await self.db.run(cluster_sql.notify, cluster_sql.FEED_CHANNEL, payload)
+        except (SinkUnavailable, BadMessage) as exc:
+            logger.warning("cluster: could not announce a %s notice: %s", kind, exc)
+
+    @property
+    def coordinator(self) -> Coordinator:
+        return _ready(self._coordinator)
+
+    @property
+    def relay(self) -> Relay:
+        return _ready(self._relay)
 
     async def save(self, records: list[Record]) -> WriteTicket:
         """Hand records straight to the writer and wait until they are committed.
@@ -241,6 +266,20 @@ class Engine:
             http=http,
             egress=self.egress,
         )
+        coordinator = self._coordinator = Coordinator(
+            db,
+            manager,
+            instance_id=self.instance_id,
+            journal=journal.record,
+            interval=s.cluster_interval,
+            ttl=s.lease_ttl,
+        )
+        manager.coordinator = coordinator
+        manager.instance_id = coordinator.instance_id
+        manager.persist_interval = s.cluster_interval
+        writer.fence = coordinator
+        journal.announce = self.announce_notice
+        relay = self._relay = Relay(db, out_send.clone(), coordinator.instance_id)
         self._ingest = rec_send.clone()
         self.channels = {"raw": raw_recv, "records": rec_recv, "committed": out_recv}
         self.retention = Retention(db, s.retention_days, interval=s.retention_interval)
@@ -256,10 +295,13 @@ class Engine:
             async with trio.open_nursery() as outer:
                 for supervisor in self.supervisors[:2]:
                     await outer.start(supervisor.run)
+                relay_scope = trio.CancelScope()
+                await outer.start(_in_scope_started, relay_scope, relay.run)
                 async with trio.open_nursery() as inner:
                     for supervisor in self.supervisors[2:4]:
                         await inner.start(supervisor.run)
                     await inner.start(manager.run)
+                    await inner.start(coordinator.run)
                     retention_scope = trio.CancelScope()
                     inner.start_soon(_in_scope, retention_scope, self.supervisors[4].run)
                     sampler_scope = trio.CancelScope()
@@ -279,8 +321,11 @@ class Engine:
                     retention_scope.cancel()
                     sampler_scope.cancel()
                     probe_scope.cancel()
+                    coordinator.stop()
                     manager.shutdown()
                     inner.cancel_scope.deadline = deadline
+                await coordinator.leave()  # after the drain: the next owner starts clean
+                relay_scope.cancel()
                 journal.close()
                 outer.cancel_scope.deadline = deadline
             if inner.cancel_scope.cancelled_caught or outer.cancel_scope.cancelled_caught:
@@ -301,6 +346,16 @@ class Engine:
             rec_recv.statistics().current_buffer_used,
             raw_recv.statistics().current_buffer_used,
         )
+
+
+async def _in_scope_started(
+    scope: trio.CancelScope,
+    run: Callable[..., Awaitable[None]],
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    with scope:
+        await run(task_status=task_status)
 
 
 async def _in_scope(scope: trio.CancelScope, run: Callable[[], Awaitable[None]]) -> None:

@@ -15,6 +15,7 @@ batch the database refuses is logged and dropped (it would never succeed).
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 
 import attrs
 import trio
@@ -47,6 +48,8 @@ class Journal:
     hub_channel: trio.MemorySendChannel[HubItem]
     written: int = 0
     dropped: int = 0
+    #: Set by the cluster: gap notices also go to the other instances' subscribers.
+    announce: Callable[[str, dict[str, object]], Awaitable[None]] | None = None
 
     @classmethod
     def create(cls, db: Database, hub_channel: trio.MemorySendChannel[HubItem]) -> Journal:
@@ -83,7 +86,10 @@ class Journal:
             await self._write(entries)
             for entry in entries:
                 if isinstance(entry, GapEvent):
-                    await self.hub_channel.send(Notice(entry.connector_id, gap_event(entry)))
+                    notice = gap_event(entry)
+                    await self.hub_channel.send(Notice(entry.connector_id, notice))
+                    if self.announce is not None:
+                        await self.announce("gap", notice)
         self.hub_channel.close()
 
     async def _write(self, entries: list[JournalEntry]) -> None:

@@ -54,6 +54,16 @@ logger = logging.getLogger(__name__)
 STOP_TIMEOUT = 10.0
 
 
+class Coordinated(Protocol):
+    """What the manager needs of the cluster coordinator (``engine.cluster``)."""
+
+    async def reconcile(self) -> None: ...
+
+    async def announce_control(self, op: str, connector_id: str) -> None: ...
+
+    def owns(self, connector_id: str) -> bool: ...
+
+
 class Actor(Protocol):
     """What the manager needs of a connector actor (WebSocket or REST)."""
 
@@ -77,6 +87,7 @@ class _Running:
     base_produced: int
     base_duplicates: int
     base_db_rejected: int
+    base_fenced: int
     base_categories: Counter[str]
 
 
@@ -94,6 +105,11 @@ class ConnectorManager:
     http: httpx.AsyncClient | None = None  # set: REST pollers share it instead of PollingClient
     egress: EgressPolicy | None = None
     persist_interval: float = 2.0
+    #: This process's id in the cluster; named in every status it persists.
+    instance_id: str | None = None
+    #: Set by the cluster coordinator, which then decides what runs here (leases): the
+    #: manager no longer resumes connectors itself, and start/stop/restart go through it.
+    coordinator: Coordinated | None = None
     tick_lateness: Histogram = attrs.field(factory=lambda: Histogram(TICK_LATENESS_BUCKETS))
     _nursery: trio.Nursery | None = None
     _running: dict[str, _Running] = attrs.field(factory=dict)
@@ -105,10 +121,11 @@ class ConnectorManager:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
-            for spec in await self.db.run(sql.list_connectors):
-                if spec.desired_state == "running":
-                    logger.info("resuming connector %s (%s)", spec.connector_id, spec.name)
-                    await self._spawn(spec)
+            if self.coordinator is None:
+                for spec in await self.db.run(sql.list_connectors):
+                    if spec.desired_state == "running":
+                        logger.info("resuming connector %s (%s)", spec.connector_id, spec.name)
+                        await self._spawn(spec)
             nursery.start_soon(self._persist_loop)
             task_status.started()
             await self._stopping.wait()
@@ -123,8 +140,19 @@ class ConnectorManager:
         """Begin the clean stop: connectors stop, flush, and the raw channel closes."""
         self._stopping.set()
 
-    async def start(self, connector_id: str) -> ConnectorStatus:
-        """Start a connector (idempotent) and remember that it should run."""
+    async def start(self, connector_id: str) -> ConnectorStatus | None:
+        """Start a connector (idempotent) and remember that it should run. In a cluster
+        the instance with room for it takes its lease: this one if it can, else another
+        within a second; ``None`` then says it runs elsewhere."""
+        if self.coordinator is not None:
+            if not await self.db.run(sql.set_desired_state, connector_id, "running"):
+                raise NotFound(f"connector {connector_id} not found")
+            await self.coordinator.reconcile()
+            await self.coordinator.announce_control("start", connector_id)
+            if not self.coordinator.owns(connector_id):
+                return None
+            await self._persist_one(connector_id)
+            return self.status(connector_id)
         async with self._lock:
             spec = await self.db.run(sql.get_connector, connector_id)
             if spec is None:
@@ -135,19 +163,51 @@ class ConnectorManager:
         await self._persist_one(connector_id)
         return self.status(connector_id)
 
-    async def stop(self, connector_id: str) -> ConnectorStatus:
-        """Stop a connector (idempotent) and remember that it should not run."""
+    async def stop(self, connector_id: str) -> ConnectorStatus | None:
+        """Stop a connector (idempotent) and remember that it should not run; in a cluster
+        its owner stops it within a second (``None``: it ran elsewhere)."""
         async with self._lock:
             if not await self.db.run(sql.set_desired_state, connector_id, "stopped"):
                 raise NotFound(f"connector {connector_id} not found")
             if connector_id in self._running:
                 await self._halt(connector_id)
         await self._persist_one(connector_id)
+        if self.coordinator is not None:
+            await self.coordinator.reconcile()  # releases the lease if it was ours
+            await self.coordinator.announce_control("stop", connector_id)
+        if connector_id not in self.known():
+            return None
         return self.status(connector_id)
+
+    async def start_local(self, spec: ConnectorSpec) -> None:
+        """Run ``spec`` here (the coordinator holds its lease); idempotent."""
+        async with self._lock:
+            if spec.connector_id not in self._running:
+                await self._spawn(spec)
+        await self._persist_one(spec.connector_id)
+
+    async def stop_local(self, connector_id: str, *, drain: bool = True) -> None:
+        """Stop running ``connector_id`` here (its lease is lost or handed on). With
+        ``drain`` what it read is committed first; then this instance forgets it, so its
+        status and counters come from the new owner."""
+        async with self._lock:
+            if connector_id in self._running:
+                await self._halt(connector_id)
+        if drain:
+            with trio.move_on_after(STOP_TIMEOUT):
+                while (left := self.accounting(connector_id)) and (  # noqa: ASYNC110
+                    left["messages_in_flight"] or left["records_pending"]
+                ):
+                    await trio.sleep(0.02)
+            await self._persist_one(connector_id)
+        self.forget(connector_id)
 
     async def restart(self, connector_id: str) -> None:
         """Replace a running connector with its stored definition: the old actor stops
-        (and flushes) before the new one starts."""
+        (and flushes) before the new one starts. In a cluster, its owner does it."""
+        if self.coordinator is not None and not self.coordinator.owns(connector_id):
+            await self.coordinator.announce_control("restart", connector_id)
+            return
         async with self._lock:
             spec = await self.db.run(sql.get_connector, connector_id)
             if spec is None:
@@ -159,6 +219,8 @@ class ConnectorManager:
     async def remove(self, connector_id: str) -> None:
         """Stop a connector (if running), let what it already received reach the database,
         and forget it, before its row (and maybe its data) is deleted."""
+        if self.coordinator is not None:
+            await self.coordinator.announce_control("delete", connector_id)
         async with self._lock:
             if connector_id in self._running:
                 await self._halt(connector_id)
@@ -254,6 +316,7 @@ class ConnectorManager:
             base_produced=counters.records,
             base_duplicates=self.writer.duplicates_for(cid),
             base_db_rejected=self.writer.rejected_for(cid),
+            base_fenced=self.writer.fenced_for(cid),
             base_categories=Counter(counters.rejected_by_category),
         )
         self._running[cid] = self._last[cid] = entry
@@ -281,7 +344,12 @@ class ConnectorManager:
     def status(self, connector_id: str) -> ConnectorStatus:
         """The live status of a connector this process has run; raises NotFound otherwise."""
         if connector_id in self._failed:
-            return ConnectorStatus(connector_id, "error", last_error=self._failed[connector_id])
+            return ConnectorStatus(
+                connector_id,
+                "error",
+                last_error=self._failed[connector_id],
+                instance_id=self.instance_id,
+            )
         entry = self._last.get(connector_id)
         if entry is None:
             raise NotFound(f"connector {connector_id} has not run in this process")
@@ -320,6 +388,8 @@ class ConnectorManager:
             requests=getattr(stats, "requests", 0),
             skipped_ticks=getattr(stats, "skipped_ticks", 0),
             last_status_code=getattr(stats, "last_status_code", None),
+            instance_id=self.instance_id,
+            updated_at=datetime.now(UTC),
         )
 
     def accounting(self, connector_id: str) -> dict[str, int] | None:
@@ -345,6 +415,7 @@ class ConnectorManager:
         committed = self.writer.committed_for(connector_id) - entry.base_records
         duplicates = self.writer.duplicates_for(connector_id) - entry.base_duplicates
         db_rejected = self.writer.rejected_for(connector_id) - entry.base_db_rejected
+        fenced = self.writer.fenced_for(connector_id) - entry.base_fenced
         return {
             "messages_received": stats.messages_received + dropped_frames,
             "messages_normalized": frames - control - rejected,
@@ -356,7 +427,8 @@ class ConnectorManager:
             "records_committed": committed,
             "records_duplicate": duplicates,
             "records_rejected": db_rejected,
-            "records_pending": produced - committed - duplicates - db_rejected,
+            "records_fenced": fenced,
+            "records_pending": produced - committed - duplicates - db_rejected - fenced,
         }
 
     def actor_statistics(self, connector_id: str) -> Any:

@@ -147,6 +147,9 @@ class ConnectorStatus:
     requests: int = 0
     skipped_ticks: int = 0
     last_status_code: int | None = None
+    #: The instance that runs (or last ran) the connector, and when it said so.
+    instance_id: str | None = None
+    updated_at: datetime | None = None
 
 
 @attrs.frozen

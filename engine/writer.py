@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Sequence
+from typing import Protocol
 
 import attrs
 import trio
@@ -36,6 +37,7 @@ from .hub import HubItem
 from .metrics import Histogram
 from .models import Journal, Record, Rejected, StoredRecord, no_journal
 from .storage import Database
+from .storage.cluster import write_fenced
 from .storage.records import insert_records
 
 logger = logging.getLogger(__name__)
@@ -75,6 +77,20 @@ class WriterStatistics:
     last_flush_seconds: float
     committed_by_connector: dict[str, int]
     rejected_by_connector: dict[str, int]
+    rows_fenced: int = 0
+
+
+class Fence(Protocol):
+    """What the writer needs of the cluster (``engine.cluster``): this instance's id, the
+    lease epoch of each connector it runs, and whether other instances want to hear of
+    commits. Without one (a writer used alone) nothing is fenced or announced."""
+
+    instance_id: str
+
+    def epochs_for(self, connector_ids: set[str]) -> dict[str, int]: ...
+
+    @property
+    def announce(self) -> bool: ...
 
 
 @attrs.define(eq=False)
@@ -94,6 +110,11 @@ class BatchWriter:
     sink_available: bool = True
     last_error: str | None = None
     last_flush_seconds: float = 0.0
+    #: Set by the cluster: writes of connector records check their lease epoch in the
+    #: write transaction, and commits are announced to the other instances.
+    fence: Fence | None = None
+    rows_fenced: int = 0
+    _fenced: Counter[str] = attrs.field(factory=Counter)
     _pending: list[Record] = attrs.field(factory=list)
     _committed: Counter[str] = attrs.field(factory=Counter)
     _rejected: Counter[str] = attrs.field(factory=Counter)
@@ -231,7 +252,10 @@ class BatchWriter:
         while True:
             started = trio.current_time()
             try:
-                stored, duplicates = await self.db.sink(insert_records, records)
+                if self.fence is None:
+                    stored, duplicates = await self.db.sink(insert_records, records)
+                else:
+                    stored, duplicates = await self._write_fenced(records, self.fence)
             except SinkUnavailable as exc:
                 self.retries += 1
                 self.last_error = str(exc)
@@ -253,6 +277,32 @@ class BatchWriter:
             self.batch_sizes.observe(len(records))
             self._count(records, stored, duplicates)
             return stored
+
+    async def _write_fenced(
+        self, records: Sequence[Record], fence: Fence
+    ) -> tuple[list[StoredRecord], int]:
+        # Connector records carry their run's session id; saves have none and are never
+        # fenced. The epochs are read here, on the Trio thread, before the hop.
+        runs = {r.connector_id for r in records if r.session_id is not None and r.connector_id}
+        epochs = fence.epochs_for(runs)
+        stored, duplicates, fenced = await self.db.sink(
+            write_fenced, records, fence.instance_id, epochs, runs, fence.announce
+        )
+        if fenced:
+            for cid, n in fenced.items():
+                if not self._fenced[cid]:
+                    logger.warning(
+                        "writer: dropped %d records of connector %s: this instance no longer"
+                        " holds its lease (another instance reads it now)",
+                        n,
+                        cid,
+                    )
+                self._fenced[cid] += n
+                self.rows_fenced += n
+        return stored, duplicates
+
+    def fenced_for(self, connector_id: str) -> int:
+        return self._fenced[connector_id]
 
     def _reject(self, record: Record, exc: BadMessage) -> None:
         for ticket in self._tickets:
@@ -314,4 +364,5 @@ class BatchWriter:
             last_flush_seconds=self.last_flush_seconds,
             committed_by_connector=dict(self._committed),
             rejected_by_connector=dict(self._rejected),
+            rows_fenced=self.rows_fenced,
         )

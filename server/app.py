@@ -24,7 +24,16 @@ from engine.engine import Engine
 from . import wsframes
 from .context import ENGINE_KEY
 from .responses import detail, install_error_handlers
-from .routes import connectors, docs, normalize, observe, realtime, system, websocket_data
+from .routes import (
+    cluster,
+    connectors,
+    docs,
+    normalize,
+    observe,
+    realtime,
+    system,
+    websocket_data,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +54,16 @@ def create_app(engine: Engine | None = None, settings: Settings | None = None) -
     _install_cors(app, engine.settings.allowed_origins)
     _install_token(app, engine.settings.api_token)
     _install_origin_check(app, engine.settings.allowed_origins)
-    for module in (connectors, system, realtime, websocket_data, normalize, observe, docs):
+    for module in (
+        connectors,
+        system,
+        cluster,
+        realtime,
+        websocket_data,
+        normalize,
+        observe,
+        docs,
+    ):
         app.register_blueprint(module.bp)
 
     if owns_engine:

@@ -210,6 +210,11 @@ SCHEMAS: J = {
             "skipped_ticks": {"type": "integer"},
             "last_status_code": {"type": ["integer", "null"]},
             "accounting": {"type": "object", "additionalProperties": {"type": "integer"}},
+            "instance_id": {
+                "type": ["string", "null"],
+                "description": "the cluster instance that runs (or last ran) it",
+            },
+            "updated_at": DATETIME_NULL,
             "actor": {"type": "object"},
         },
         "required": ["connector_id", "status", "messages_received", "records_stored"],
@@ -469,6 +474,25 @@ def build() -> J:
                         }
                     ),
                     **_errors(422),
+                },
+            }
+        },
+        "/api/cluster": {
+            "get": {
+                "summary": "Live instances on this database and the connectors each runs",
+                "responses": {
+                    "200": _json(
+                        {
+                            "type": "object",
+                            "properties": {
+                                "instance_id": {"type": "string"},
+                                "instances": {"type": "array", "items": {"type": "object"}},
+                                "leases": {"type": "array", "items": {"type": "object"}},
+                            },
+                            "required": ["instance_id", "instances", "leases"],
+                        }
+                    ),
+                    **_errors(503),
                 },
             }
         },

@@ -112,8 +112,10 @@ def save_statuses(conn: Conn, statuses: list[ConnectorStatus]) -> None:
             "INSERT INTO connector_status (connector_id, status, messages_received,"
             " records_stored, messages_rejected, control_messages, errors, reconnects,"
             " last_message_at, last_error, started_at, messages_gap, records_duplicate,"
-            " rejected_by_category, requests, skipped_ticks, last_status_code, updated_at)"
-            " SELECT %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, now()"
+            " rejected_by_category, requests, skipped_ticks, last_status_code, instance_id,"
+            " updated_at)"
+            " SELECT %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s,"
+            " now()"
             " WHERE EXISTS (SELECT 1 FROM api_connectors WHERE connector_id = %s)"
             " ON CONFLICT (connector_id) DO UPDATE SET status = excluded.status,"
             " messages_received = excluded.messages_received,"
@@ -126,7 +128,8 @@ def save_statuses(conn: Conn, statuses: list[ConnectorStatus]) -> None:
             " records_duplicate = excluded.records_duplicate,"
             " rejected_by_category = excluded.rejected_by_category,"
             " requests = excluded.requests, skipped_ticks = excluded.skipped_ticks,"
-            " last_status_code = excluded.last_status_code, updated_at = now()",
+            " last_status_code = excluded.last_status_code,"
+            " instance_id = excluded.instance_id, updated_at = now()",
             [
                 (
                     s.connector_id,
@@ -146,6 +149,7 @@ def save_statuses(conn: Conn, statuses: list[ConnectorStatus]) -> None:
                     s.requests,
                     s.skipped_ticks,
                     s.last_status_code,
+                    s.instance_id,
                     s.connector_id,
                 )
                 for s in statuses
@@ -159,7 +163,8 @@ def get_status(conn: Conn, connector_id: str) -> ConnectorStatus | None:
         "SELECT connector_id, status, messages_received, records_stored, messages_rejected,"
         " control_messages, errors, reconnects, last_message_at, last_error, started_at,"
         " messages_gap, records_duplicate, rejected_by_category, requests, skipped_ticks,"
-        " last_status_code FROM connector_status WHERE connector_id = %s",
+        " last_status_code, instance_id, updated_at FROM connector_status"
+        " WHERE connector_id = %s",
         (connector_id,),
     )
     row = cur.fetchone()

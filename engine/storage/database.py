@@ -215,6 +215,57 @@ class Database:
             except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
                 raise SinkUnavailable(f"database unavailable: {_first_line(exc)}") from exc
 
+    async def listen(
+        self,
+        channels: Sequence[str],
+        send_channel: trio.MemorySendChannel[list[tuple[str, str]]],
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """LISTEN on ``channels`` and send what arrives, as ``(channel, payload)`` lists in
+        commit order, until cancelled. A dedicated connection (not the pool's), waited on
+        in a worker thread for at most 0.1 s at a time (so a stop is quick); a lost
+        connection is reopened (notifications sent meanwhile are lost: callers reconcile
+        periodically).
+        ``task_status.started()`` is called once the first LISTEN is in place."""
+        limiter = trio.CapacityLimiter(1)
+        started = False
+
+        def wait(conn: Conn) -> list[tuple[str, str]]:
+            out = [(n.channel, n.payload) for n in conn.notifies(timeout=0.1, stop_after=1)]
+            if out:  # take what is already queued without waiting again
+                out += [(n.channel, n.payload) for n in conn.notifies(timeout=0.001)]
+            return out
+
+        def connect() -> Conn:
+            conn = psycopg.connect(self.dsn, autocommit=True, connect_timeout=5)
+            for channel in channels:
+                conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
+            return conn
+
+        with send_channel:
+            while True:
+                try:
+                    conn = await trio.to_thread.run_sync(connect, limiter=limiter)
+                except psycopg.OperationalError as exc:
+                    logger.warning("cluster: cannot listen for notifications: %s", _first_line(exc))
+                    await trio.sleep(1.0)
+                    continue
+                if not started:
+                    started = True
+                    task_status.started()
+                try:
+                    while True:
+                        batch = await trio.to_thread.run_sync(wait, conn, limiter=limiter)
+                        if batch:
+                            await send_channel.send(batch)
+                except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+                    logger.warning("cluster: notification connection lost: %s", _first_line(exc))
+                    await trio.sleep(0.5)
+                finally:
+                    with trio.CancelScope(shield=True):
+                        await trio.to_thread.run_sync(conn.close, limiter=limiter)
+
     def statistics(self) -> dict[str, int]:
         return dict(self._pool.get_stats())
 

@@ -218,6 +218,34 @@ MIGRATIONS: list[tuple[int, str, str]] = [
             ADD COLUMN secret_names   jsonb NOT NULL DEFAULT '{}';
         """,
     ),
+    (
+        5,
+        "A cluster on one database: instances, connector leases with epochs",
+        """
+        -- Every process registers here and heartbeats; live = heartbeat within the TTL.
+        CREATE TABLE cluster_instances (
+            instance_id   text PRIMARY KEY,
+            host          text NOT NULL,
+            pid           integer NOT NULL,
+            version       text NOT NULL,
+            listen_url    text,
+            started_at    timestamptz NOT NULL DEFAULT now(),
+            heartbeat_at  timestamptz NOT NULL DEFAULT now(),
+            stopped_at    timestamptz
+        );
+        -- Each running connector runs in exactly one process: the lease owner. The epoch
+        -- grows on every change of owner; writes check it in their own transaction.
+        CREATE TABLE connector_leases (
+            connector_id  text PRIMARY KEY
+                          REFERENCES api_connectors (connector_id) ON DELETE CASCADE,
+            owner         text,
+            epoch         bigint NOT NULL DEFAULT 0,
+            expires_at    timestamptz NOT NULL DEFAULT now(),
+            acquired_at   timestamptz NOT NULL DEFAULT now()
+        );
+        ALTER TABLE connector_status ADD COLUMN instance_id text;
+        """,
+    ),
 ]
 
 

@@ -86,6 +86,8 @@ async def get_connector(connector_id: str) -> Response:
 @bp.post("/api/connectors/<connector_id>/start")
 async def start_connector(connector_id: str) -> Response:
     status = await engine().manager.start(connector_id)
+    if status is None:  # another instance of the cluster took its lease
+        return json_response({"connector_id": connector_id, "status": "running"})
     if status.status == "error":
         return json_response(
             {"connector_id": connector_id, "status": "error", "detail": status.last_error}, 409

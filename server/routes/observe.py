@@ -48,6 +48,10 @@ async def readyz() -> Response:
             problems.append(f"database did not answer within {READY_TIMEOUT:g} s")
         if not eng.writer.sink_available:
             problems.append("writer cannot commit (retrying)")
+        coordinator = eng.coordinator
+        if coordinator.heartbeat_late:
+            # Said before the leases expire, so a balancer moves traffic first.
+            problems.append(f"cluster heartbeat late (instance {coordinator.instance_id})")
     status = 503 if problems else 200
     return json_response(
         {"status": "ready" if not problems else "not_ready", "problems": problems}, status

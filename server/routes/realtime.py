@@ -200,4 +200,5 @@ async def realtime_test() -> Response:
     }
     hub = engine().hub
     delivered = hub.publish_notice(Notice(None, payload))
+    await engine().announce_notice("test", payload)  # and every other instance's
     return json_response({"delivered": delivered, "subscribers": hub.statistics().subscribers})

@@ -1,0 +1,326 @@
+"""SQL of the cluster: instance membership, connector leases, control notifications.
+
+A lease is a row per connector: ``owner``, ``epoch`` (grows on every change of owner) and
+``expires_at``. Its owner renews every lease it holds in one statement per heartbeat; a
+lease whose owner stopped renewing expires and may be taken, with the next epoch. Record
+writes check their connectors' epochs in their own transaction (``fenced_records``), with
+the lease rows locked ``FOR SHARE``, so a takeover waits for them and a writer that lost
+its lease stores nothing more for that connector.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import Any
+
+import orjson
+import psycopg
+
+from ..models import Record, StoredRecord
+from .records import TABLES, insert_records
+
+Conn = psycopg.Connection[Any]
+
+CONTROL_CHANNEL = "sluice_control"
+FEED_CHANNEL = "sluice_feed"
+MAX_PAYLOAD = 7900  # NOTIFY payloads must stay under 8000 bytes
+
+
+def register(
+    conn: Conn, instance_id: str, host: str, pid: int, version: str, url: str | None
+) -> None:
+    conn.execute(
+        "INSERT INTO cluster_instances (instance_id, host, pid, version, listen_url)"
+        " VALUES (%s, %s, %s, %s, %s)"
+        " ON CONFLICT (instance_id) DO UPDATE SET heartbeat_at = now(), stopped_at = NULL,"
+        " listen_url = EXCLUDED.listen_url",
+        (instance_id, host, pid, version, url),
+    )
+
+
+def reap_local(conn: Conn, host: str, alive: Callable[[int], bool]) -> list[str]:
+    """Instances registered on this host whose process is gone (``kill -9``): leave the
+    live list and let their leases expire now, so a restart need not wait for the TTL."""
+    rows = conn.execute(
+        "SELECT instance_id, pid FROM cluster_instances WHERE host = %s AND stopped_at IS NULL",
+        (host,),
+    ).fetchall()
+    dead = [iid for iid, pid in rows if not alive(int(pid))]
+    if dead:
+        conn.execute(
+            "UPDATE connector_leases SET expires_at = now() WHERE owner = ANY(%s)", (dead,)
+        )
+        conn.execute(
+            "UPDATE cluster_instances SET heartbeat_at = now() - interval '1 day'"
+            " WHERE instance_id = ANY(%s)",
+            (dead,),
+        )
+    return dead
+
+
+def set_url(conn: Conn, instance_id: str, url: str) -> None:
+    conn.execute(
+        "UPDATE cluster_instances SET listen_url = %s WHERE instance_id = %s", (url, instance_id)
+    )
+
+
+def heartbeat(conn: Conn, instance_id: str, ttl: float) -> tuple[list[str], dict[str, int]]:
+    """Renew this instance and every lease it holds; return the live instances (sorted)
+    and the leases still held (connector → epoch)."""
+    conn.execute(
+        "UPDATE cluster_instances SET heartbeat_at = now(), stopped_at = NULL"
+        " WHERE instance_id = %s",
+        (instance_id,),
+    )
+    # An expired lease nobody took is still ours (same epoch): after a database outage
+    # the owner simply goes on; a taker changes the owner and the epoch.
+    held = conn.execute(
+        "UPDATE connector_leases SET expires_at = now() + make_interval(secs => %s)"
+        " WHERE owner = %s RETURNING connector_id, epoch",
+        (ttl, instance_id),
+    ).fetchall()
+    live = conn.execute(
+        "SELECT instance_id FROM cluster_instances WHERE stopped_at IS NULL"
+        " AND heartbeat_at > now() - make_interval(secs => %s) ORDER BY instance_id",
+        (ttl,),
+    ).fetchall()
+    return [row[0] for row in live], {row[0]: int(row[1]) for row in held}
+
+
+def deregister(conn: Conn, instance_id: str) -> None:
+    """A clean exit: leases expire now (still naming this instance, so the next owner
+    records the handover), and the instance leaves the live list."""
+    conn.execute("UPDATE connector_leases SET expires_at = now() WHERE owner = %s", (instance_id,))
+    conn.execute(
+        "UPDATE cluster_instances SET stopped_at = now() WHERE instance_id = %s", (instance_id,)
+    )
+
+
+def wanted(conn: Conn) -> list[str]:
+    """Connectors that should run, oldest first."""
+    rows = conn.execute(
+        "SELECT connector_id FROM api_connectors WHERE desired_state = 'running'"
+        " ORDER BY created_at, connector_id"
+    ).fetchall()
+    return [row[0] for row in rows]
+
+
+def free_leases(conn: Conn, connector_ids: Sequence[str]) -> list[str]:
+    """Which of ``connector_ids`` nobody holds (no lease, expired, or released)."""
+    held = conn.execute(
+        "SELECT connector_id FROM connector_leases WHERE connector_id = ANY(%s)"
+        " AND owner IS NOT NULL AND expires_at > now()",
+        (list(connector_ids),),
+    ).fetchall()
+    taken = {row[0] for row in held}
+    return [c for c in connector_ids if c not in taken]
+
+
+def acquire(
+    conn: Conn, connector_id: str, instance_id: str, ttl: float
+) -> tuple[int, str | None, bool] | None:
+    """Take the lease if nobody holds it (none, released, or expired); return the new
+    epoch, the instance that held it before (``None`` after a stop) and whether that
+    instance had left cleanly — or ``None`` if the lease is held."""
+    before = conn.execute(
+        "SELECT l.owner, i.stopped_at IS NOT NULL FROM connector_leases l"
+        " LEFT JOIN cluster_instances i ON i.instance_id = l.owner"
+        " WHERE l.connector_id = %s FOR UPDATE OF l",
+        (connector_id,),
+    ).fetchone()
+    row = conn.execute(
+        "INSERT INTO connector_leases (connector_id, owner, epoch, expires_at)"
+        " SELECT %s, %s, 1, now() + make_interval(secs => %s)"
+        " WHERE EXISTS (SELECT 1 FROM api_connectors WHERE connector_id = %s)"
+        " ON CONFLICT (connector_id) DO UPDATE SET owner = EXCLUDED.owner,"
+        "  epoch = connector_leases.epoch + 1, expires_at = EXCLUDED.expires_at,"
+        "  acquired_at = now()"
+        " WHERE connector_leases.owner IS NULL OR connector_leases.expires_at <= now()"
+        " RETURNING epoch",
+        (connector_id, instance_id, ttl, connector_id),
+    ).fetchone()
+    if row is None:
+        return None
+    previous = before[0] if before else None
+    left = bool(before[1]) if before else False
+    return int(row[0]), (previous if previous != instance_id else None), left
+
+
+def release(conn: Conn, connector_id: str, instance_id: str, epoch: int, *, hand_on: bool) -> None:
+    """Give a lease up. ``hand_on`` (rebalancing) leaves this instance named as the last
+    owner, expired, so the taker records the handover gap; otherwise (the connector was
+    stopped) the lease is simply free."""
+    conn.execute(
+        "UPDATE connector_leases SET expires_at = now()"
+        + ("" if hand_on else ", owner = NULL")
+        + " WHERE connector_id = %s AND owner = %s AND epoch = %s",
+        (connector_id, instance_id, epoch),
+    )
+
+
+def last_received(conn: Conn, connector_id: str, table: str) -> datetime | None:
+    """When the connector's newest stored record arrived (the start of a handover gap)."""
+    if table not in ("websocket_messages", "api_connector_data"):
+        raise ValueError("table not allowed")
+    row = conn.execute(
+        f"SELECT max(received_at) FROM {table} WHERE connector_id = %s",
+        (connector_id,),
+    ).fetchone()
+    return row[0] if row else None
+
+
+def valid_epochs(conn: Conn, instance_id: str, epochs: dict[str, int]) -> set[str]:
+    """In the write transaction: the connectors whose lease this instance still holds at
+    the epoch it started them with. The rows stay locked until the commit."""
+    if not epochs:
+        return set()
+    rows = conn.execute(
+        "SELECT connector_id, epoch FROM connector_leases"
+        " WHERE connector_id = ANY(%s) AND owner = %s FOR SHARE",
+        (list(epochs), instance_id),
+    ).fetchall()
+    return {cid for cid, epoch in rows if epochs.get(cid) == epoch}
+
+
+def write_fenced(
+    conn: Conn,
+    records: Sequence[Record],
+    instance_id: str,
+    epochs: dict[str, int],
+    runs: set[str],
+    announce: bool,
+) -> tuple[list[StoredRecord], int, Counter[str]]:
+    """Insert ``records`` in this transaction, except those of connector runs (``runs``)
+    whose lease this instance no longer holds at the epoch in ``epochs``; with
+    ``announce``, notify the other instances of the ids committed. Returns the stored
+    records, the duplicates skipped, and the fenced records per connector."""
+    fenced: Counter[str] = Counter()
+    if runs:
+        valid = valid_epochs(conn, instance_id, epochs)
+        kept = []
+        for r in records:
+            if r.session_id is not None and r.connector_id in runs and r.connector_id not in valid:
+                fenced[r.connector_id] += 1
+            else:
+                kept.append(r)
+        records = kept
+    stored, duplicates = insert_records(conn, records)
+    if announce and stored:
+        table = TABLES[records[0].source]
+        notify_committed(conn, instance_id, table, [s.id for s in stored])
+    return stored, duplicates, fenced
+
+
+def notify(conn: Conn, channel: str, payload: dict[str, Any]) -> None:
+    conn.execute("SELECT pg_notify(%s, %s)", (channel, orjson.dumps(payload).decode()))
+
+
+def id_ranges(ids: Sequence[int]) -> list[list[int]]:
+    """Sorted ids as ``[first, last]`` runs (a batch's ids are mostly consecutive)."""
+    runs: list[list[int]] = []
+    for i in sorted(ids):
+        if runs and i == runs[-1][1] + 1:
+            runs[-1][1] = i
+        else:
+            runs.append([i, i])
+    return runs
+
+
+def notify_committed(conn: Conn, instance_id: str, table: str, ids: Sequence[int]) -> None:
+    """Tell the other instances which ids this transaction commits (delivered at commit,
+    in commit order), in payloads under PostgreSQL's limit."""
+    runs = id_ranges(ids)
+    chunk: list[list[int]] = []
+    size = 0
+    for run in runs:
+        chunk.append(run)
+        size += 24
+        if size >= MAX_PAYLOAD - 200:
+            notify(conn, FEED_CHANNEL, {"i": instance_id, "t": "records", "s": table, "r": chunk})
+            chunk, size = [], 0
+    if chunk:
+        notify(conn, FEED_CHANNEL, {"i": instance_id, "t": "records", "s": table, "r": chunk})
+
+
+def records_by_ids(conn: Conn, table: str, runs: list[list[int]]) -> list[dict[str, Any]]:
+    """The committed rows of ``runs`` (id ranges), in id order, for the realtime relay."""
+    if table not in ("websocket_messages", "api_connector_data"):
+        raise ValueError("table not allowed")
+    extra = (
+        ", status_code, response_time_ms"
+        if table == "api_connector_data"
+        else ", batch_id, message_number, format"
+    )
+    starts = [r[0] for r in runs]
+    ends = [r[1] for r in runs]
+    cur = conn.cursor(row_factory=psycopg.rows.dict_row)
+    cur.execute(
+        "SELECT id, connector_id, exchange, instrument, price::text AS price,"
+        ' size::text AS size, side, message_type, "timestamp", received_at,'
+        " data::text AS data, dedup_key, bid_price::text AS bid_price,"
+        " bid_size::text AS bid_size, ask_price::text AS ask_price,"
+        f" ask_size::text AS ask_size, source_id, session_id{extra}"
+        f" FROM {table} t JOIN unnest(%s::bigint[], %s::bigint[]) AS r(lo, hi)"
+        " ON t.id BETWEEN r.lo AND r.hi ORDER BY id",
+        (starts, ends),
+    )
+    return cur.fetchall()
+
+
+def lease_rows(conn: Conn) -> list[dict[str, Any]]:
+    cur = conn.cursor(row_factory=psycopg.rows.dict_row)
+    cur.execute(
+        "SELECT connector_id, owner, epoch, expires_at, acquired_at, expires_at > now() AS live"
+        " FROM connector_leases ORDER BY connector_id"
+    )
+    return cur.fetchall()
+
+
+def instance_rows(conn: Conn, ttl: float) -> list[dict[str, Any]]:
+    cur = conn.cursor(row_factory=psycopg.rows.dict_row)
+    cur.execute(
+        "SELECT instance_id, host, pid, version, listen_url, started_at, heartbeat_at,"
+        " heartbeat_at > now() - make_interval(secs => %s) AND stopped_at IS NULL AS live"
+        " FROM cluster_instances WHERE stopped_at IS NULL"
+        " OR stopped_at > now() - interval '1 hour' ORDER BY instance_id",
+        (ttl,),
+    )
+    return cur.fetchall()
+
+
+def record_from_row(row: dict[str, Any]) -> Record:
+    """A stored row back as the record the hub publishes."""
+    return Record(
+        connector_id=row["connector_id"],
+        exchange=row["exchange"],
+        instrument=row["instrument"],
+        price=row["price"],
+        size=row["size"],
+        side=row["side"],
+        message_type=row["message_type"],
+        timestamp=row["timestamp"],
+        received_at=row["received_at"],
+        data=row["data"].encode(),
+        dedup_key=row["dedup_key"],
+        source="rest" if "status_code" in row else "websocket",
+        bid_price=row["bid_price"],
+        bid_size=row["bid_size"],
+        ask_price=row["ask_price"],
+        ask_size=row["ask_size"],
+        batch_id=row.get("batch_id"),
+        status_code=row.get("status_code"),
+        response_time_ms=row.get("response_time_ms"),
+        source_id=row["source_id"],
+        session_id=row["session_id"],
+        message_number=row.get("message_number"),
+        format=row.get("format"),
+    )
+
+
+def owner_statuses(conn: Conn) -> dict[str, str | None]:
+    rows = conn.execute(
+        "SELECT connector_id, owner FROM connector_leases WHERE expires_at > now()"
+    ).fetchall()
+    return {row[0]: row[1] for row in rows}
