@@ -157,6 +157,15 @@ class Engine:
         except (SinkUnavailable, BadMessage) as exc:
             logger.warning("cluster: could not announce a %s notice: %s", kind, exc)
 
+    async def advertise(self, url: str) -> None:
+        """Publish where this instance serves (``GET /api/cluster`` lists it)."""
+        if self._coordinator is not None:
+            self._coordinator.url = url
+            try:
+                await self.db.run(cluster_sql.set_url, self._coordinator.instance_id, url)
+            except SinkUnavailable as exc:
+                logger.warning("cluster: could not publish the listen address: %s", exc)
+
     @property
     def coordinator(self) -> Coordinator:
         return _ready(self._coordinator)

@@ -47,10 +47,13 @@ def _number(value: float) -> str:
 
 
 class Exposition:
-    """Builds one scrape: each family once, with HELP and TYPE lines."""
+    """Builds one scrape: each family once, with HELP and TYPE lines. ``base`` labels
+    (the cluster instance) go on every sample, so series of several instances never
+    collide in one Prometheus."""
 
-    def __init__(self) -> None:
+    def __init__(self, base: dict[str, str] | None = None) -> None:
         self.lines: list[str] = []
+        self.base = base or {}
 
     def family(
         self,
@@ -62,7 +65,7 @@ class Exposition:
         self.lines.append(f"# HELP {name} {help_text}")
         self.lines.append(f"# TYPE {name} {kind}")
         for labels, value in samples:
-            self.lines.append(f"{name}{_labels(labels)} {_number(value)}")
+            self.lines.append(f"{name}{_labels({**self.base, **(labels or {})})} {_number(value)}")
 
     def histogram(self, name: str, help_text: str, hist: Histogram) -> None:
         self.lines.append(f"# HELP {name} {help_text}")
@@ -70,11 +73,13 @@ class Exposition:
         cumulative = 0
         for bound, count in zip(hist.bounds, hist.counts, strict=False):
             cumulative += count
-            self.lines.append(f'{name}_bucket{{le="{_number(float(bound))}"}} {cumulative}')
+            bucket = _labels({**self.base, "le": _number(float(bound))})
+            self.lines.append(f"{name}_bucket{bucket} {cumulative}")
         cumulative += hist.counts[-1]
-        self.lines.append(f'{name}_bucket{{le="+Inf"}} {cumulative}')
-        self.lines.append(f"{name}_sum {_number(float(hist.total))}")
-        self.lines.append(f"{name}_count {hist.count}")
+        self.lines.append(f"{name}_bucket{_labels({**self.base, 'le': '+Inf'})} {cumulative}")
+        base = _labels(self.base)
+        self.lines.append(f"{name}_sum{base} {_number(float(hist.total))}")
+        self.lines.append(f"{name}_count{base} {hist.count}")
 
     def text(self) -> str:
         return "\n".join(self.lines) + "\n"

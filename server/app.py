@@ -23,6 +23,7 @@ from engine.engine import Engine
 
 from . import wsframes
 from .context import ENGINE_KEY
+from .logs import set_instance
 from .responses import detail, install_error_handlers
 from .routes import (
     cluster,
@@ -47,6 +48,7 @@ def create_app(engine: Engine | None = None, settings: Settings | None = None) -
     owns_engine = engine is None
     if engine is None:
         engine = Engine(settings or Settings.from_env())
+        set_instance(engine.instance_id)
     app.extensions[ENGINE_KEY] = engine
     # Background tasks get the drain deadline before the nursery is cancelled.
     app.config["BACKGROUND_TASK_SHUTDOWN_TIMEOUT"] = engine.settings.drain_timeout + 5

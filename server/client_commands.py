@@ -54,17 +54,29 @@ def status(settings: Settings, url: str | None) -> list[str]:
     base = server_url(settings, url)
     listing = _get(settings, base, "/api/connectors")
     lines = [
-        f"{'CONNECTOR':<22} {'STATUS':<13} {'RECEIVED':>10} {'STORED':>10} {'ERRORS':>7}  NAME"
+        f"{'CONNECTOR':<22} {'STATUS':<13} {'RECEIVED':>10} {'STORED':>10} {'ERRORS':>7}"
+        f"  {'INSTANCE':<28} NAME"
     ]
     for connector in listing["data"]:
         cid = connector["connector_id"]
         st = _get(settings, base, f"/api/connectors/{cid}/status")
         lines.append(
             f"{cid:<22} {st['status']:<13} {st['messages_received']:>10} "
-            f"{st['records_stored']:>10} {st['errors']:>7}  {connector['name']}"
+            f"{st['records_stored']:>10} {st['errors']:>7}  {st.get('instance_id') or '-':<28}"
+            f" {connector['name']}"
         )
     if not listing["data"]:
         lines.append("(no connectors)")
+    cluster = _get(settings, base, "/api/cluster")
+    lines.append("")
+    lines.append(f"{'INSTANCE':<40} {'LIVE':<5} {'HEARTBEAT':<27} {'CONNECTORS':>10}  URL")
+    for instance in cluster["instances"]:
+        mark = " *" if instance["self"] else ""
+        lines.append(
+            f"{instance['instance_id'] + mark:<40} {str(instance['live']).lower():<5} "
+            f"{instance['heartbeat_at']:<27} {len(instance['connectors']):>10}  "
+            f"{instance['listen_url'] or '-'}"
+        )
     return lines
 
 

@@ -12,6 +12,19 @@ import orjson
 from engine.redact import RedactingFilter, redact_text
 
 _CONNECTOR = re.compile(r"\b(conn_[0-9a-f]+)\b")
+_instance = "-"
+
+
+def set_instance(instance_id: str) -> None:
+    """Name this process's cluster instance in every log line from now on."""
+    global _instance
+    _instance = instance_id
+
+
+class InstanceFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.instance = _instance
+        return True
 
 
 class JsonFormatter(logging.Formatter):
@@ -24,6 +37,7 @@ class JsonFormatter(logging.Formatter):
             "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}",
             "level": record.levelname,
             "logger": record.name,
+            "instance": getattr(record, "instance", _instance),
             "message": message,
         }
         found = getattr(record, "connector_id", None) or _CONNECTOR.search(message)
@@ -39,9 +53,10 @@ def configure_logging(level: str | None = None, fmt: str | None = None) -> None:
     fmt = fmt or os.environ.get("SLUICE_LOG_FORMAT") or "text"
     logging.basicConfig(
         level=getattr(logging, level, logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        format="%(asctime)s %(levelname)s [%(instance)s] %(name)s: %(message)s",
     )
     for handler in logging.getLogger().handlers:
+        handler.addFilter(InstanceFilter())
         handler.addFilter(RedactingFilter())
         if fmt == "json":
             handler.setFormatter(JsonFormatter())

@@ -22,6 +22,7 @@ from engine.config import Settings
 from engine.engine import Engine
 
 from .app import create_app
+from .logs import set_instance
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +61,8 @@ async def serve(
 ) -> None:
     """Run engine and server until a signal (or :meth:`Service.stop`), then drain and exit."""
     engine = Engine(settings)
+    if handle_signals:  # a process of its own: its log lines name its instance
+        set_instance(engine.instance_id)
     server_stop = trio.Event()
     async with trio.open_nursery() as nursery:
         if handle_signals:
@@ -72,6 +75,7 @@ async def serve(
         )
         for url in urls:
             logger.info("Sluice listening on %s", url)
+        await engine.advertise(urls[0])
         task_status.started(Service(engine, list(urls)))
         await engine.stopped.wait()
         server_stop.set()

@@ -48,6 +48,16 @@ async def test_health_metrics_and_debug_views(service: Service, exchange: FakeEx
         assert families["sluice_loop_lag_seconds"].type == "histogram"
         assert families["sluice_gc_pause_seconds"].type == "histogram"
         assert families["sluice_hub_fanout_seconds"].type == "histogram"
+        # Every series names the instance, so a cluster's scrapes never collide.
+        me = service.engine.instance_id
+        assert all(
+            sample.labels.get("instance") == me
+            for family in families.values()
+            for sample in family.samples
+        )
+        actors = (await client.get("/api/debug/actors")).json()
+        assert actors["coordinator"]["instance_id"] == me
+        assert actors["coordinator"]["owned"] == {cid: 1}  # its lease, epoch 1
         assert families["process_resident_memory_bytes"].samples[0].value > 0
         assert families["process_open_fds"].samples[0].value > 0
 
@@ -80,6 +90,8 @@ async def test_health_metrics_and_debug_views(service: Service, exchange: FakeEx
     table = await trio.to_thread.run_sync(status, service.engine.settings, service.url)
     assert cid in table[1]
     assert "running" in table[1]
+    assert service.engine.instance_id in table[1]  # who runs it
+    assert any(line.startswith(service.engine.instance_id + " *") for line in table)
 
 
 def test_render_tree_draws_branches() -> None:

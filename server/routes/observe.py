@@ -84,7 +84,7 @@ async def debug_actors() -> Response:
 async def metrics() -> Response:
     """Prometheus text exposition format, version 0.0.4."""
     eng = engine()
-    out = Exposition()
+    out = Exposition(base={"instance": eng.instance_id})
     manager = eng.manager
     rows = []
     for i, cid in enumerate(manager.known()):
