@@ -159,7 +159,11 @@ class Frames(list[str]):
     """Encoded frames handed to subscribers. Every subscriber with the same filter gets the
     same object, so its batch-mode frame text is built once for all of them."""
 
-    __slots__ = ("_batch_text",)
+    __slots__ = ("_batch_text", "ids")
+
+    #: The database ids of the records, frame by frame (empty for notices): a resuming
+    #: subscriber skips the ones it already got from the database.
+    ids: list[int]
 
     def batch_text(self) -> str:
         try:
@@ -349,6 +353,7 @@ class BroadcastHub:
     def _publish(self, batch: list[StoredRecord]) -> None:
         started = time.perf_counter()
         numbers = Frames([encode_event(item) for item in batch])
+        numbers.ids = ids = [item.id for item in batch]
         strings: Frames | None = None  # encoded once, when a subscriber first wants them
         self.frames_encoded += len(numbers)
         for sub in list(self._subscribers):
@@ -356,15 +361,20 @@ class BroadcastHub:
             if sub.strings:
                 if strings is None:
                     strings = Frames([encode_event(item, strings=True) for item in batch])
+                    strings.ids = ids
                     self.frames_encoded += len(strings)
                 frames = strings
             f = sub.filter
             if f is EVERYTHING or f.everything:
                 self._offer(sub, frames)
             else:
-                chosen = Frames(
-                    frame for item, frame in zip(batch, frames, strict=True) if f.accepts(item)
-                )
+                picked = [
+                    (item.id, frame)
+                    for item, frame in zip(batch, frames, strict=True)
+                    if f.accepts(item)
+                ]
+                chosen = Frames(frame for _, frame in picked)
+                chosen.ids = [i for i, _ in picked]
                 if chosen:
                     self._offer(sub, chosen)
         self.fanout_seconds.observe(time.perf_counter() - started)
@@ -373,6 +383,7 @@ class BroadcastHub:
         """Send a notice to every subscriber that wants it; return how many got it."""
         self.notices += 1
         frame = Frames([orjson.dumps(notice.payload).decode()])
+        frame.ids = []
         delivered = 0
         for sub in list(self._subscribers):
             if sub.filter.accepts_notice(notice) and self._offer(sub, frame):

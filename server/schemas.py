@@ -403,6 +403,12 @@ class RealtimeQuery:
     )
     batch: bool = field(default=False, description="data_batch frames")
     numbers: str = NUMBERS
+    after_id: int | None = field(
+        default=None,
+        minimum=0,
+        maximum=_MAX_BIGINT,
+        description="resume: first every matching record committed after this id, then live",
+    )
     token: str | None = field(default=None, description="the API token, if one is required")
 
 

@@ -269,6 +269,58 @@ def records_by_ids(conn: Conn, table: str, runs: list[list[int]]) -> list[dict[s
     return cur.fetchall()
 
 
+_RECORD_SELECT = (
+    "SELECT id, connector_id, exchange, instrument, price::text AS price,"
+    ' size::text AS size, side, message_type, "timestamp", received_at,'
+    " data::text AS data, dedup_key, bid_price::text AS bid_price,"
+    " bid_size::text AS bid_size, ask_price::text AS ask_price,"
+    " ask_size::text AS ask_size, source_id, session_id"
+)
+
+
+def records_after(
+    conn: Conn,
+    after_id: int,
+    *,
+    connector_id: str | None,
+    exchange: str | None,
+    instrument: str | None,
+    types: Sequence[str] | None,
+    limit: int,
+) -> tuple[list[dict[str, Any]], int]:
+    """Realtime resume: up to ``limit`` committed records with an id above ``after_id``
+    that match the subscription, from both record tables, in id order; and the retention
+    floor (records at or below it may be gone)."""
+    where = ["id > %s"]
+    params: list[Any] = [after_id]
+    for column, value in (
+        ("connector_id", connector_id),
+        ("exchange", exchange),
+        ("instrument", instrument),
+    ):
+        if value is not None:
+            where.append(f"{column} = %s")
+            params.append(value)
+    if types:
+        where.append("message_type = ANY(%s)")
+        params.append(list(types))
+    cond = " AND ".join(where)
+    cur = conn.cursor(row_factory=psycopg.rows.dict_row)
+    cur.execute(
+        f"({_RECORD_SELECT}, batch_id, message_number, format, NULL::int AS status_code,"
+        f" NULL::float8 AS response_time_ms, 'websocket' AS source"
+        f" FROM websocket_messages WHERE {cond} ORDER BY id LIMIT %s)"
+        " UNION ALL "
+        f"({_RECORD_SELECT}, NULL::bigint, NULL::bigint, NULL::text, status_code,"
+        f" response_time_ms, 'rest' FROM api_connector_data WHERE {cond} ORDER BY id LIMIT %s)"
+        " ORDER BY id LIMIT %s",
+        [*params, limit, *params, limit, limit],
+    )
+    rows = cur.fetchall()
+    floor = conn.execute("SELECT id FROM record_floor").fetchone()
+    return rows, int(floor[0]) if floor else 0
+
+
 def lease_rows(conn: Conn) -> list[dict[str, Any]]:
     cur = conn.cursor(row_factory=psycopg.rows.dict_row)
     cur.execute(
@@ -304,7 +356,7 @@ def record_from_row(row: dict[str, Any]) -> Record:
         received_at=row["received_at"],
         data=row["data"].encode(),
         dedup_key=row["dedup_key"],
-        source="rest" if "status_code" in row else "websocket",
+        source=row.get("source") or ("rest" if "status_code" in row else "websocket"),
         bid_price=row["bid_price"],
         bid_size=row["bid_size"],
         ask_price=row["ask_price"],

@@ -246,6 +246,14 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         ALTER TABLE connector_status ADD COLUMN instance_id text;
         """,
     ),
+    (
+        6,
+        "Realtime resume: the highest record id retention has deleted",
+        """
+        CREATE TABLE record_floor (id bigint NOT NULL);
+        INSERT INTO record_floor VALUES (0);
+        """,
+    ),
 ]
 
 

@@ -62,6 +62,13 @@ def delete_batch(conn: Conn, job: Job, limit: int) -> int:
             )
         )
     query = sql.SQL(
-        "DELETE FROM {table} WHERE id IN (SELECT id FROM {table} WHERE {cond} LIMIT %s)"
+        "WITH gone AS (DELETE FROM {table} WHERE id IN"
+        " (SELECT id FROM {table} WHERE {cond} LIMIT %s) RETURNING id)"
+        " SELECT count(*), max(id) FROM gone"
     ).format(table=sql.Identifier(job.table), cond=sql.SQL(" AND ").join(conditions))
-    return conn.execute(query, [*params, limit]).rowcount
+    row = conn.execute(query, [*params, limit]).fetchone()
+    count, highest = (int(row[0]), row[1]) if row else (0, None)
+    if highest is not None and job.table in RECORD_TABLES:
+        # Realtime resume: every record above the floor is still here.
+        conn.execute("UPDATE record_floor SET id = greatest(id, %s)", (highest,))
+    return count

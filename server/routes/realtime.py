@@ -9,6 +9,9 @@ Protocol:
   "instrument"?, "types"?, "batch"?}`` at any time to replace its filter; the server
   answers ``{"type": "subscribed", ...}``. ``{"action": "ping"}`` is answered with
   ``{"type": "pong"}``. Anything else gets ``{"type": "error", "detail": ...}``.
+* ``after_id=N`` resumes: every matching record committed after id ``N`` is sent first
+  (then ``{"type": "resumed", ...}``), then the live stream, with no gap and no duplicate
+  at the seam (see :mod:`server.resume`).
 * ``numbers=string`` (query or subscribe) sends prices and sizes as JSON strings; the
   default is JSON numbers written with the source's digits.
 * Default framing is one ``data_update`` object per text frame. With ``batch`` on, each
@@ -35,6 +38,7 @@ from engine.hub import Filter, Notice, Subscription, catch_up
 from ..context import engine, json_body
 from ..contract import structure_query
 from ..responses import detail, json_response
+from ..resume import Replay, ResumeFailed
 from ..schemas import RealtimeQuery, RealtimeTest
 from ..validation import RequestValidationError, structure
 
@@ -64,6 +68,7 @@ def parse_filter(spec: dict[str, Any]) -> tuple[Filter, bool]:
         "batch",
         "token",
         "numbers",
+        "after_id",
     }
     unknown = set(spec) - known
     if unknown:
@@ -139,19 +144,37 @@ async def realtime() -> Response | None:
     with hub.subscribe(initial, strings=strings) as sub:  # no await since the check: no race
         await websocket.accept()
         await _send('{"type":"connected"}')
+        replay = None
+        if query.after_id is not None:
+            # Subscribed first, so what commits while the database is read is queued.
+            replay = Replay(query.after_id)
+            try:
+                await replay.run(engine().db, initial, strings, batch, _send)
+            except ResumeFailed as exc:
+                await _send(orjson.dumps(exc.frame).decode())
+                await websocket.close(CLOSE_POLICY, "resume_failed")
+                return None
         mode = {"batch": batch}
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_listen, sub, mode)
             async for frames in sub:
+                if replay is not None:
+                    frames = replay.unseen(frames)
+                    if not frames:
+                        continue
                 if mode["batch"]:
                     # Behind? Queued batches go out as shared frames where they are big
                     # and joined where they are small (see catch_up). Else the frame text
                     # shared by every subscriber with the same filter.
                     more = sub.waiting()
+                    if replay is not None:
+                        more = [unseen for m in more if (unseen := replay.unseen(m))]
                     for text in catch_up([frames, *more]) if more else [frames.batch_text()]:
                         await _send(text)
                 else:
                     for queued in [frames, *sub.waiting()]:
+                        if replay is not None:
+                            queued = replay.unseen(queued)
                         for frame in queued:
                             await _send(frame)
             nursery.cancel_scope.cancel()
