@@ -43,6 +43,8 @@ class Settings:
     #: renewal (a dead or frozen instance's connectors move after about this long).
     cluster_interval: float = 1.0
     lease_ttl: float = 5.0
+    #: A listening socket inherited from `sluice serve --workers N` (set by the CLI).
+    listen_fd: int | None = None
     max_frame_bytes: int = 4 * 1024 * 1024
     connector_buffer_bytes: int = 64 * 1024 * 1024
     realtime_max_lag: int = 20_000

@@ -130,9 +130,18 @@ def load_keyring(
         return Keyring(parse_key(path.read_text(), str(path)), olds)
     data_dir.mkdir(parents=True, exist_ok=True)
     key = secrets.token_bytes(32)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    # Written whole under a private name, then linked into place: a process starting at
+    # the same moment (workers) either wins the link or reads the winner's complete key.
+    scratch = data_dir / f".{KEY_FILE}.{os.getpid()}.{secrets.token_hex(4)}"
+    fd = os.open(scratch, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(base64.b64encode(key).decode() + "\n")
+    try:
+        os.link(scratch, path)
+    except FileExistsError:
+        return Keyring(parse_key(path.read_text(), str(path)), olds)
+    finally:
+        scratch.unlink()
     logger.warning(
         "no ENCRYPTION_KEY set: created one in %s (mode 0600); back it up, or stored"
         " credentials cannot be decrypted",

@@ -21,6 +21,7 @@ from . import client_commands
 from .logs import configure_logging
 from .rotate import rotate_keys
 from .serve import serve
+from .workers import run_workers
 
 logger = logging.getLogger("sluice")
 
@@ -45,6 +46,13 @@ def build_parser() -> argparse.ArgumentParser:
     p_serve.add_argument(
         "--port", type=int, help="port to bind, 0 for any free port (default $SLUICE_PORT or 8000)"
     )
+    p_serve.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="engine processes sharing the port and the database (a cluster; default 1)",
+    )
+    p_serve.add_argument("--listen-fd", type=int, help=argparse.SUPPRESS)
     p_serve.add_argument(
         "--insecure",
         action="store_true",
@@ -92,6 +100,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                     raise ConfigurationError("--port must be between 0 and 65535")
                 settings = attrs.evolve(settings, port=args.port)
             check_exposure(settings, insecure=args.insecure)
+            if not 1 <= args.workers <= 64:
+                raise ConfigurationError("--workers must be between 1 and 64")
+            if args.workers > 1:
+                return run_workers(settings, args.workers)
+            if args.listen_fd is not None:
+                settings = attrs.evolve(settings, listen_fd=args.listen_fd)
             trio.run(serve, settings)
         elif args.command == "migrate":
             trio.run(_migrate, settings)

@@ -45,7 +45,9 @@ class Service:
 def hypercorn_config(settings: Settings) -> hypercorn.config.Config:
     config = hypercorn.config.Config()
     host = f"[{settings.host}]" if ":" in settings.host else settings.host
-    config.bind = [f"{host}:{settings.port}"]
+    # A worker of `sluice serve --workers N` serves the socket its parent bound.
+    fd = settings.listen_fd
+    config.bind = [f"fd://{fd}"] if fd is not None else [f"{host}:{settings.port}"]
     config.accesslog = None
     config.errorlog = logging.getLogger("hypercorn.error")
     config.graceful_timeout = 5.0

@@ -360,3 +360,66 @@ def _sessions(dsn: str, connector_id: str) -> list[tuple[str, int]]:
             (connector_id,),
         ).fetchall()
     return [(row[0], int(row[1])) for row in rows]
+
+
+async def test_workers_share_one_port_and_one_embedded_database(
+    nursery: trio.Nursery, tmp_path: Any
+) -> None:
+    feed: Feed = await nursery.start(Feed().run)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("POSTGRES_", "ENCRYPTION"))}
+    env.update(
+        {
+            "SLUICE_DATA_DIR": str(tmp_path / "data"),
+            "SLUICE_ALLOW_PRIVATE_NETWORKS": "true",
+            "SLUICE_CLUSTER_INTERVAL": "0.5",
+            "SLUICE_LOG_LEVEL": "INFO",
+        }
+    )
+    command = [sys.executable, "-m", "server.cli", "serve", "--workers", "2", "--port", "0"]
+    process = await trio.lowlevel.open_process(command, env=env, stderr=subprocess.PIPE)
+    parent = Instance(process)
+    nursery.start_soon(_pump, parent)
+    try:
+        with trio.fail_after(90):
+            while not (found := re.search(rb"listening on (http://\S+) \(2 workers\)", parent.log)):
+                assert process.returncode is None, parent.log.decode()
+                await trio.sleep(0.1)
+            url = found.group(1).decode()
+            async with httpx.AsyncClient(base_url=url, timeout=10) as client:
+
+                async def two_live() -> bool:
+                    try:
+                        body = (await client.get("/api/cluster")).json()
+                    except httpx.TransportError:
+                        return False
+                    return sum(i["live"] for i in body["instances"]) == 2
+
+                await until(two_live, 60, "both workers registered")
+                ids = []
+                for name in ("w0", "w1"):
+                    created = await client.post(
+                        "/api/connectors",
+                        json={"name": name, "api_url": feed.url(name), "exchange": "binance"},
+                    )
+                    ids.append(created.json()["connector_id"])
+                    await client.post(f"/api/connectors/{ids[-1]}/start")
+
+                async def spread() -> bool:
+                    body = (await client.get("/api/cluster")).json()
+                    return sorted(len(i["connectors"]) for i in body["instances"] if i["live"]) == [
+                        1,
+                        1,
+                    ]
+
+                await until(spread, 20, "one connector per worker")
+                await until(
+                    lambda: _true(feed.open["/feed/w0"] == feed.open["/feed/w1"] == 1), 10, "read"
+                )
+            process.send_signal(signal.SIGTERM)
+            assert await process.wait() == 0, parent.log.decode()
+    finally:
+        if process.returncode is None:
+            process.kill()
+    log = parent.log.decode()
+    assert log.count("engine drained cleanly") == 2  # both workers drained
+    assert not (tmp_path / "data" / "pgdata" / "postmaster.pid").exists()  # database stopped
