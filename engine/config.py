@@ -45,6 +45,10 @@ class Settings:
     lease_ttl: float = 5.0
     #: A listening socket inherited from `sluice serve --workers N` (set by the CLI).
     listen_fd: int | None = None
+    #: The disk spool for database outages (under data_dir/spool): its bound, and when
+    #: it syncs (``batch``: after every batch; ``never``: the OS decides).
+    spool_max_bytes: int = 4 * 1024**3
+    spool_fsync: str = "batch"
     max_frame_bytes: int = 4 * 1024 * 1024
     connector_buffer_bytes: int = 64 * 1024 * 1024
     realtime_max_lag: int = 20_000
@@ -91,6 +95,8 @@ class Settings:
             drain_timeout=_float(env, "SLUICE_DRAIN_TIMEOUT", 10.0, 0.0, 3600),
             cluster_interval=_float(env, "SLUICE_CLUSTER_INTERVAL", 1.0, 0.1, 60),
             lease_ttl=_float(env, "SLUICE_LEASE_TTL", 5.0, 1.0, 600),
+            spool_max_bytes=_int(env, "SLUICE_SPOOL_MAX_BYTES", 4 * 1024**3, 0, 2**50),
+            spool_fsync=_choice(env, "SLUICE_SPOOL_FSYNC", "batch", ("batch", "never")),
             max_frame_bytes=_int(env, "SLUICE_MAX_FRAME_BYTES", 4 * 1024 * 1024, 1024, 2**30),
             connector_buffer_bytes=_int(
                 env, "SLUICE_CONNECTOR_BUFFER_BYTES", 64 * 1024 * 1024, 1024, 2**34

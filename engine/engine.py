@@ -35,6 +35,8 @@ from .manager import ConnectorManager
 from .models import Record, SourceBatch
 from .processor import Processor
 from .retention import Retention
+from .spool import Spool
+from .spool.replayer import SpoolReplayer
 from .storage import Database
 from .storage import cluster as cluster_sql
 from .supervisor import Supervisor
@@ -68,6 +70,7 @@ class Engine:
     _journal: Journal | None = None
     _coordinator: Coordinator | None = None
     _relay: Relay | None = None
+    _replayer: SpoolReplayer | None = None
     #: This process's id in the cluster (host-pid-random), named in status and logs.
     instance_id: str = attrs.field(factory=instance_name)
     _ingest: trio.MemorySendChannel[WriterInput] | None = None
@@ -138,7 +141,15 @@ class Engine:
             "supervisors": [attrs.asdict(s.statistics()) for s in self.supervisors],
             "channels": channels,
         }
-        for name in ("writer", "processor", "hub", "journal", "coordinator", "relay"):
+        for name in (
+            "writer",
+            "processor",
+            "hub",
+            "journal",
+            "coordinator",
+            "relay",
+            "replayer",
+        ):
             actor = getattr(self, "_" + name)
             if actor is not None:
                 snapshot = attrs.asdict(actor.statistics())
@@ -169,6 +180,10 @@ class Engine:
     @property
     def coordinator(self) -> Coordinator:
         return _ready(self._coordinator)
+
+    @property
+    def replayer(self) -> SpoolReplayer:
+        return _ready(self._replayer)
 
     @property
     def relay(self) -> Relay:
@@ -287,6 +302,10 @@ class Engine:
         manager.instance_id = coordinator.instance_id
         manager.persist_interval = s.cluster_interval
         writer.fence = coordinator
+        spool = writer.spool = Spool(
+            s.data_dir / "spool", max_bytes=s.spool_max_bytes, fsync=s.spool_fsync
+        )
+        replayer = self._replayer = SpoolReplayer(spool, writer, out_send.clone())
         journal.announce = self.announce_notice
         relay = self._relay = Relay(db, out_send.clone(), coordinator.instance_id)
         self._ingest = rec_send.clone()
@@ -306,6 +325,8 @@ class Engine:
                     await outer.start(supervisor.run)
                 relay_scope = trio.CancelScope()
                 await outer.start(_in_scope_started, relay_scope, relay.run)
+                replay_scope = trio.CancelScope()
+                await outer.start(_in_scope_started, replay_scope, replayer.run)
                 async with trio.open_nursery() as inner:
                     for supervisor in self.supervisors[2:4]:
                         await inner.start(supervisor.run)
@@ -335,6 +356,7 @@ class Engine:
                     inner.cancel_scope.deadline = deadline
                 await coordinator.leave()  # after the drain: the next owner starts clean
                 relay_scope.cancel()
+                replay_scope.cancel()  # what is left in the spool replays on the next start
                 journal.close()
                 outer.cancel_scope.deadline = deadline
             if inner.cancel_scope.cancelled_caught or outer.cancel_scope.cancelled_caught:

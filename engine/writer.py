@@ -35,7 +35,9 @@ from .backoff import Backoff
 from .errors import BadMessage, SinkUnavailable
 from .hub import HubItem
 from .metrics import Histogram
-from .models import Journal, Record, Rejected, StoredRecord, no_journal
+from .models import GapEvent, Journal, Record, Rejected, StoredRecord, no_journal
+from .spool.codec import encode_records
+from .spool.spool import Spool, SpoolFull
 from .storage import Database
 from .storage.cluster import write_fenced
 from .storage.records import insert_records
@@ -78,6 +80,9 @@ class WriterStatistics:
     committed_by_connector: dict[str, int]
     rejected_by_connector: dict[str, int]
     rows_fenced: int = 0
+    spooling: bool = False
+    rows_spooled: int = 0
+    rows_spool_lost: int = 0
 
 
 class Fence(Protocol):
@@ -114,6 +119,15 @@ class BatchWriter:
     #: write transaction, and commits are announced to the other instances.
     fence: Fence | None = None
     rows_fenced: int = 0
+    #: Set by the engine: where connector records go while PostgreSQL cannot take them.
+    #: While ``spooling`` every connector record goes there (so order is kept) and the
+    #: replayer (``engine.spool``) writes them back; saves are never spooled (their 201
+    #: promises a commit).
+    spool: Spool | None = None
+    spool_lock: trio.Lock = attrs.field(factory=trio.Lock)
+    spooling: bool = False
+    rows_spooled: int = 0
+    rows_spool_lost: int = 0
     _fenced: Counter[str] = attrs.field(factory=Counter)
     _pending: list[Record] = attrs.field(factory=list)
     _committed: Counter[str] = attrs.field(factory=Counter)
@@ -248,17 +262,71 @@ class BatchWriter:
                     ticket.ids[i] = ids[id(record)]
 
     async def _write(self, records: Sequence[Record]) -> list[StoredRecord]:
+        if self.spool is None:
+            return await self._write_db(records)
+        # Connector records (they carry their run's session) may be spooled; saves not.
+        runs = [r for r in records if r.session_id is not None]
+        saves = [r for r in records if r.session_id is None]
+        stored = await self._write_db(saves) if saves else []
+        if runs:
+            if self.spooling:
+                await self._to_spool(runs)
+            else:
+                stored += await self._write_db(runs, spool_on_outage=True)
+        return stored
+
+    async def write_replayed(self, records: Sequence[Record]) -> list[StoredRecord]:
+        """Write records back from the spool (retrying while the database is down); the
+        replayer publishes what this returns."""
+        return await self._write_db(records, fenced=False)
+
+    async def _to_spool(self, records: Sequence[Record]) -> None:
+        spool = self.spool
+        assert spool is not None
+        async with self.spool_lock:
+            if not self.spooling:  # the replayer emptied the spool meanwhile: go direct
+                stored = await self._write_db(records, spool_on_outage=True)
+                if stored:
+                    await self.send_channel.send(stored)
+                return
+            try:
+                await trio.to_thread.run_sync(spool.append, encode_records(list(records)))
+            except SpoolFull as exc:
+                self._spool_lost(records, exc)
+                return
+        self.rows_spooled += len(records)
+
+    def _spool_lost(self, records: Sequence[Record], exc: Exception) -> None:
+        self.rows_spool_lost += len(records)
+        by_connector: dict[str, list[Record]] = {}
+        for r in records:
+            by_connector.setdefault(r.connector_id or "", []).append(r)
+        for cid, lost in by_connector.items():
+            times = [r.received_at for r in lost]
+            self.journal(GapEvent(cid, min(times), max(times), "spool_overflow", len(lost)))
+        logger.error("writer: %d records lost, the spool is full: %s", len(records), exc)
+
+    async def _write_db(
+        self, records: Sequence[Record], *, spool_on_outage: bool = False, fenced: bool = True
+    ) -> list[StoredRecord]:
         backoff = Backoff(base=0.1, cap=5.0)
         while True:
             started = trio.current_time()
             try:
-                if self.fence is None:
+                if self.fence is None or not fenced:
                     stored, duplicates = await self.db.sink(insert_records, records)
                 else:
                     stored, duplicates = await self._write_fenced(records, self.fence)
             except SinkUnavailable as exc:
                 self.retries += 1
                 self.last_error = str(exc)
+                if spool_on_outage and self.spool is not None:
+                    if not self.spooling:
+                        logger.error("writer: %s; spooling to disk until it is back", exc)
+                    self.sink_available = False
+                    self.spooling = True
+                    await self._to_spool(records)
+                    return []
                 if self.sink_available:
                     logger.error("writer: %s; holding %d records and retrying", exc, len(records))
                 self.sink_available = False
@@ -365,4 +433,7 @@ class BatchWriter:
             committed_by_connector=dict(self._committed),
             rejected_by_connector=dict(self._rejected),
             rows_fenced=self.rows_fenced,
+            spooling=self.spooling,
+            rows_spooled=self.rows_spooled,
+            rows_spool_lost=self.rows_spool_lost,
         )

@@ -28,7 +28,15 @@ async def test_health_metrics_and_debug_views(service: Service, exchange: FakeEx
         assert (await client.get("/healthz")).json() == {"status": "ok"}
         ready = await client.get("/readyz")
         assert ready.status_code == 200
-        assert ready.json() == {"status": "ready", "problems": []}
+        body = ready.json()
+        assert (body["status"], body["problems"]) == ("ready", [])
+        assert body["spool"] == {
+            "spooling": False,
+            "bytes": 0,
+            "oldest_age_seconds": None,
+            "records_replayed": 0,
+            "records_lost": 0,
+        }
         body = {"name": "b", "api_url": exchange.url("/binance?count=50"), "exchange": "binance"}
         cid = (await client.post("/api/connectors", json=body)).json()["connector_id"]
         await client.post(f"/api/connectors/{cid}/start")

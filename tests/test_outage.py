@@ -87,3 +87,60 @@ async def test_database_outage_under_load_loses_and_duplicates_nothing(
     assert status["reconnects"] == 0  # the source was never dropped
     assert status["messages_gap"] == 0
     assert status["accounting"]["records_pending"] == 0
+
+
+SPOOL_TOTAL = 20_000  # 10 s at 2,000/s
+
+
+async def test_a_long_outage_goes_to_the_disk_spool_and_loses_nothing(
+    nursery: trio.Nursery, settings: Settings, exchange: FakeExchange, database_dsn: str
+) -> None:
+    """PostgreSQL unreachable for 6 s with a connector buffer far too small to hold that
+    (256 KiB, about half a second of this feed): without the spool this is a gap; with
+    it the source is read at full rate, the records wait on disk, and once the database
+    is back every one is stored exactly once and the spool is empty again."""
+    proxy: FaultProxy = await nursery.start(FaultProxy(database_dsn).run)
+    settings = evolve(
+        settings, postgres_dsn=proxy.dsn, pool_timeout=1.0, connector_buffer_bytes=256 * 1024
+    )
+    service: Service = await nursery.start(partial(serve, settings, handle_signals=False))
+    writer = service.engine.writer
+    replayer = service.engine.replayer
+    with trio.fail_after(120):
+        async with httpx.AsyncClient(base_url=service.url, timeout=30) as client:
+            body = {
+                "name": "steady",
+                "api_url": exchange.url(f"/paced?count={SPOOL_TOTAL}&rate={RATE}"),
+                "exchange": "binance",
+            }
+            connector_id = (await client.post("/api/connectors", json=body)).json()["connector_id"]
+            await client.post(f"/api/connectors/{connector_id}/start")
+            await trio.sleep(1.0)
+            proxy.cut()
+            while replayer.statistics().bytes < 3_000_000:  # a few seconds of feed on disk
+                await trio.sleep(0.1)
+            spooled = replayer.statistics()
+            proxy.restore()
+            while writer.committed_for(connector_id) + writer.duplicates_for(connector_id) < (
+                SPOOL_TOTAL
+            ):
+                await trio.sleep(0.1)
+            while writer.spooling:
+                await trio.sleep(0.1)
+            status = (await client.get(f"/api/connectors/{connector_id}/status")).json()
+    service.stop()
+    with trio.fail_after(30):
+        await service.engine.stopped.wait()
+    with psycopg.connect(database_dsn) as conn:
+        rows = conn.execute(
+            "SELECT (data->>'t')::bigint, count(*) FROM websocket_messages GROUP BY 1"
+        ).fetchall()
+    assert sorted(t for t, _ in rows) == list(range(1, SPOOL_TOTAL + 1))  # nothing missing
+    assert max(count for _, count in rows) == 1  # nothing twice
+    assert spooled.spooling
+    assert spooled.records_spooled > 2 * RATE  # seconds of the feed went to disk (~2.3 MB)
+    assert status["messages_gap"] == 0  # and so no gap, with a 256 KiB buffer
+    assert status["reconnects"] == 0
+    after = replayer.statistics()
+    assert after.bytes == 0
+    assert after.records_replayed >= spooled.records_spooled

@@ -53,9 +53,20 @@ async def readyz() -> Response:
             # Said before the leases expire, so a balancer moves traffic first.
             problems.append(f"cluster heartbeat late (instance {coordinator.instance_id})")
     status = 503 if problems else 200
-    return json_response(
-        {"status": "ready" if not problems else "not_ready", "problems": problems}, status
-    )
+    body: dict[str, object] = {
+        "status": "ready" if not problems else "not_ready",
+        "problems": problems,
+    }
+    if eng.accepting:
+        spool = eng.replayer.statistics()
+        body["spool"] = {
+            "spooling": spool.spooling,
+            "bytes": spool.bytes,
+            "oldest_age_seconds": spool.oldest_age_seconds,
+            "records_replayed": spool.records_replayed,
+            "records_lost": spool.records_lost,
+        }
+    return json_response(body, status)
 
 
 @bp.get("/api/debug/tasks")
@@ -85,6 +96,24 @@ async def metrics() -> Response:
     """Prometheus text exposition format, version 0.0.4."""
     eng = engine()
     out = Exposition(base={"instance": eng.instance_id})
+    spool = eng.replayer.statistics()
+    for name, kind, help_text, amount in (
+        ("sluice_spool_bytes", "gauge", "bytes in the disk spool", spool.bytes),
+        ("sluice_spool_segments", "gauge", "segment files in the spool", spool.segments),
+        (
+            "sluice_spool_oldest_age_seconds",
+            "gauge",
+            "age of the oldest spooled entry (0 when empty)",
+            spool.oldest_age_seconds or 0.0,
+        ),
+        ("sluice_spool_spooling", "gauge", "1 while writes go to the spool", int(spool.spooling)),
+        ("sluice_spool_records_total", "counter", "records spooled", spool.records_spooled),
+        ("sluice_spool_replayed_total", "counter", "records replayed", spool.records_replayed),
+        ("sluice_spool_lost_total", "counter", "records lost: spool full", spool.records_lost),
+        ("sluice_spool_torn_total", "counter", "torn entries skipped", spool.torn_entries),
+        ("sluice_spool_corrupt_total", "counter", "corrupt entries skipped", spool.corrupt_entries),
+    ):
+        out.family(name, kind, help_text.capitalize() + ".", [(None, amount)])
     manager = eng.manager
     rows = []
     for i, cid in enumerate(manager.known()):

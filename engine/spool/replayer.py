@@ -1,0 +1,116 @@
+"""The spool replayer actor: once PostgreSQL takes writes again, the spooled batches are
+written back in order, each published to the hub after its commit (so realtime
+subscribers get them as always), and a segment is deleted only when all of it committed.
+While the spool is not empty every new connector record is spooled behind the old ones,
+so order is kept; when the replayer reaches the end it closes the last segment under the
+writer's spool lock and hands writing back to the writer.
+
+Resource handling: owns a clone of the hub's input (closed on exit). Cancelling it (a
+drain) leaves the remaining segments for the next start, which replays them first; a
+segment partly written back is written again whole, and idempotency keys store nothing
+twice.
+
+Error handling: a database outage during replay is retried by the writer's own backoff;
+a torn or corrupt entry is counted (``Spool.torn``/``corrupt``) and skipped.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import attrs
+import trio
+
+from ..hub import HubItem
+from .codec import decode_records
+from .spool import Spool
+
+if TYPE_CHECKING:  # the writer imports this package for its spool
+    from ..writer import BatchWriter
+
+logger = logging.getLogger(__name__)
+
+IDLE = 0.2  # seconds between looks while nothing is spooled
+
+
+@attrs.frozen
+class SpoolStatistics:
+    spooling: bool
+    bytes: int
+    segments: int
+    oldest_age_seconds: float | None
+    records_spooled: int
+    records_replayed: int
+    records_lost: int
+    torn_entries: int
+    corrupt_entries: int
+
+
+@attrs.define(eq=False)
+class SpoolReplayer:
+    spool: Spool
+    writer: BatchWriter
+    send_channel: trio.MemorySendChannel[HubItem]
+    replayed: int = 0
+    segments: int = 0
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        spool, writer = self.spool, self.writer
+        await trio.to_thread.run_sync(spool.open)
+        if not spool.empty:
+            logger.warning(
+                "spool: %d bytes left by the last run; replaying them first", spool.bytes_used
+            )
+            writer.spooling = True
+        task_status.started()
+        try:
+            await self._loop()
+        finally:
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(spool.close)
+
+    async def _loop(self) -> None:
+        spool, writer = self.spool, self.writer
+        with self.send_channel:
+            while True:
+                self.segments = len(await trio.to_thread.run_sync(spool.segments))
+                if not writer.spooling:
+                    await trio.sleep(IDLE)
+                    continue
+                closed = await trio.to_thread.run_sync(spool.closed_segments)
+                if not closed:
+                    async with writer.spool_lock:
+                        await trio.to_thread.run_sync(spool.rotate)
+                        closed = await trio.to_thread.run_sync(spool.closed_segments)
+                        if not closed:
+                            writer.spooling = False
+                            logger.info("spool: replayed; writing directly again")
+                            continue
+                await self._replay(closed[0])
+
+    async def _replay(self, segment: Path) -> None:
+        spool = self.spool
+        payloads = await trio.to_thread.run_sync(lambda: list(spool.read(segment)))
+        for payload in payloads:
+            records = decode_records(payload)
+            stored = await self.writer.write_replayed(records)
+            if stored:
+                await self.send_channel.send(stored)
+            self.replayed += len(records)
+        await trio.to_thread.run_sync(spool.delete, segment)
+
+    def statistics(self) -> SpoolStatistics:
+        spool = self.spool
+        return SpoolStatistics(
+            spooling=self.writer.spooling,
+            bytes=spool.bytes_used,
+            segments=self.segments,
+            oldest_age_seconds=spool.oldest_age(),
+            records_spooled=self.writer.rows_spooled,
+            records_replayed=self.replayed,
+            records_lost=self.writer.rows_spool_lost,
+            torn_entries=spool.torn,
+            corrupt_entries=spool.corrupt,
+        )
