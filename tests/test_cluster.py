@@ -423,3 +423,47 @@ async def test_workers_share_one_port_and_one_embedded_database(
     log = parent.log.decode()
     assert log.count("engine drained cleanly") == 2  # both workers drained
     assert not (tmp_path / "data" / "pgdata" / "postmaster.pid").exists()  # database stopped
+
+
+async def test_downtime_is_a_gap_stop_and_start_and_a_crash(
+    nursery: trio.Nursery, database_dsn: str, tmp_path: Any
+) -> None:
+    feed: Feed = await nursery.start(Feed().run)
+    first = await start_instance(nursery, database_dsn, str(tmp_path / "a"))
+    async with httpx.AsyncClient(timeout=10) as client:
+        created = await client.post(
+            f"{first.url}/api/connectors",
+            json={"name": "g", "api_url": feed.url("g"), "exchange": "binance"},
+        )
+        cid = created.json()["connector_id"]
+
+        async def stored() -> int:
+            status = (await client.get(f"{first.url}/api/connectors/{cid}/status")).json()
+            return int(status["records_stored"])
+
+        async def gaps(url: str) -> list[dict[str, Any]]:
+            body = (await client.get(f"{url}/api/connectors/{cid}/gaps")).json()
+            return list(body["data"])
+
+        await client.post(f"{first.url}/api/connectors/{cid}/start")
+        await until(stored, 10, "records stored")
+        assert await gaps(first.url) == []  # a first start interrupts nothing
+        await client.post(f"{first.url}/api/connectors/{cid}/stop")
+        await client.post(f"{first.url}/api/connectors/{cid}/start")
+        [stopped] = await until(lambda: gaps(first.url), 10, "a gap for the stop")
+        assert stopped["cause"] == "stopped"
+        assert stopped["gap_from"] <= stopped["gap_to"]
+        first.process.kill()  # kill -9
+        await first.process.wait()
+        second = await start_instance(nursery, database_dsn, str(tmp_path / "b"))
+
+        async def crash_gap() -> list[dict[str, Any]]:
+            return [g for g in await gaps(second.url) if g["cause"] == "crash"]
+
+        # The same host: the new process sees its predecessor is gone and takes over at
+        # once, without waiting for the lease to expire.
+        with trio.fail_after(int(LEASE_TTL) - 1):
+            [crash] = await until(crash_gap, 10, "a gap for the crash")
+        assert crash["gap_from"] <= crash["gap_to"]
+        second.process.send_signal(signal.SIGTERM)
+        await second.process.wait()

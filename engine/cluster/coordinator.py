@@ -238,24 +238,34 @@ class Coordinator:
             taken = await self.db.run(sql.acquire, cid, self.instance_id, self.ttl)
             if taken is None:
                 continue  # another instance was faster
-            epoch, previous, left = taken
+            epoch, previous, ended = taken
             spec = await self.db.run(connector_sql.get_connector, cid)
             if spec is None:
                 continue
             self.owned[cid] = epoch
             self.acquired += 1
-            if previous is not None:
-                # The previous owner left (a restart) or stopped answering (died, froze,
-                # or cut off): either way nobody read the source in between.
-                cause = "restart" if left else "handover"
-                await self._gap(cid, spec.protocol, previous, cause)
+            # Nobody read the source between its last stored record and now: a gap, named
+            # for why — stopped and started, its process restarted or crashed, or its
+            # instance stopped answering (died elsewhere, froze, was cut off).
+            if previous is None:
+                cause = "stopped"
+            else:
+                cause = {"clean": "restart", "crash": "crash"}.get(ended or "", "handover")
+            await self._gap(cid, spec.protocol, previous, cause)
             await self.manager.start_local(spec)
 
-    async def _gap(self, connector_id: str, protocol: str, previous: str, cause: str) -> None:
-        now = datetime.now(UTC)
+    async def _gap(
+        self, connector_id: str, protocol: str, previous: str | None, cause: str
+    ) -> None:
         since = await self.db.run(sql.last_received, connector_id, TABLES[protocol])
-        logger.info("cluster: took connector %s over from %s (%s)", connector_id, previous, cause)
-        self.journal(GapEvent(connector_id, since or now, now, cause))
+        if since is None:
+            return  # it never stored anything: nothing was interrupted
+        now = datetime.now(UTC)
+        if previous is not None:
+            logger.info(
+                "cluster: took connector %s over from %s (%s)", connector_id, previous, cause
+            )
+        self.journal(GapEvent(connector_id, since, now, cause))
 
     def statistics(self) -> CoordinatorStatistics:
         age = None if self._last_heartbeat is None else trio.current_time() - self._last_heartbeat

@@ -53,7 +53,7 @@ def reap_local(conn: Conn, host: str, alive: Callable[[int], bool]) -> list[str]
             "UPDATE connector_leases SET expires_at = now() WHERE owner = ANY(%s)", (dead,)
         )
         conn.execute(
-            "UPDATE cluster_instances SET heartbeat_at = now() - interval '1 day'"
+            "UPDATE cluster_instances SET stopped_at = now(), exit = 'crash'"
             " WHERE instance_id = ANY(%s)",
             (dead,),
         )
@@ -120,12 +120,13 @@ def free_leases(conn: Conn, connector_ids: Sequence[str]) -> list[str]:
 
 def acquire(
     conn: Conn, connector_id: str, instance_id: str, ttl: float
-) -> tuple[int, str | None, bool] | None:
+) -> tuple[int, str | None, str | None] | None:
     """Take the lease if nobody holds it (none, released, or expired); return the new
-    epoch, the instance that held it before (``None`` after a stop) and whether that
-    instance had left cleanly — or ``None`` if the lease is held."""
+    epoch, the instance that held it before (``None`` after a stop) and how that instance
+    ended (``clean``, ``crash``, or ``None``: it stopped answering) — or ``None`` if the
+    lease is held."""
     before = conn.execute(
-        "SELECT l.owner, i.stopped_at IS NOT NULL FROM connector_leases l"
+        "SELECT l.owner, i.exit FROM connector_leases l"
         " LEFT JOIN cluster_instances i ON i.instance_id = l.owner"
         " WHERE l.connector_id = %s FOR UPDATE OF l",
         (connector_id,),
@@ -144,8 +145,8 @@ def acquire(
     if row is None:
         return None
     previous = before[0] if before else None
-    left = bool(before[1]) if before else False
-    return int(row[0]), (previous if previous != instance_id else None), left
+    ended = before[1] if before else None
+    return int(row[0]), (previous if previous != instance_id else None), ended
 
 
 def release(conn: Conn, connector_id: str, instance_id: str, epoch: int, *, hand_on: bool) -> None:

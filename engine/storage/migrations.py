@@ -254,6 +254,13 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         INSERT INTO record_floor VALUES (0);
         """,
     ),
+    (
+        7,
+        "How an instance ended: a clean exit or a crash found by its successor",
+        """
+        ALTER TABLE cluster_instances ADD COLUMN exit text;
+        """,
+    ),
 ]
 
 
