@@ -4,7 +4,11 @@ commits again soon after recovery, and the source is never dropped."""
 
 from __future__ import annotations
 
+import signal
+from collections.abc import Awaitable
 from functools import partial
+from pathlib import Path
+from typing import Any
 
 import httpx
 import psycopg
@@ -17,6 +21,7 @@ from server.serve import Service, serve
 
 from .conftest import evolve
 from .fake_exchange import FakeExchange
+from .test_cluster import start_instance, until
 
 pytestmark = pytest.mark.e2e
 
@@ -144,3 +149,63 @@ async def test_a_long_outage_goes_to_the_disk_spool_and_loses_nothing(
     after = replayer.statistics()
     assert after.bytes == 0
     assert after.records_replayed >= spooled.records_spooled
+
+
+async def test_kill_9_during_an_outage_and_the_next_start_replays_the_spool(
+    nursery: trio.Nursery, exchange: FakeExchange, database_dsn: str, tmp_path: Path
+) -> None:
+    """What reached the spool survives ``kill -9``: the next process on the same data
+    directory replays it once the database is back."""
+    proxy: FaultProxy = await nursery.start(FaultProxy(database_dsn).run)
+    data_dir = str(tmp_path / "data")
+    first = await start_instance(nursery, proxy.dsn, data_dir)
+    async with httpx.AsyncClient(timeout=30) as client:
+        body = {
+            "name": "steady",
+            "api_url": exchange.url(f"/paced?count={SPOOL_TOTAL}&rate={RATE}"),
+            "exchange": "binance",
+        }
+        created = await client.post(f"{first.url}/api/connectors", json=body)
+        cid = created.json()["connector_id"]
+        await client.post(f"{first.url}/api/connectors/{cid}/start")
+
+        async def spool_of(url: str) -> dict[str, Any]:
+            return dict((await client.get(f"{url}/api/debug/actors")).json()["replayer"])
+
+        await until(lambda: _stored_any(database_dsn), 20, "records stored before the outage")
+        proxy.cut()
+        spooled = await until(
+            lambda: _at_least(spool_of(first.url), "records_spooled", 2 * RATE), 30, "spooled"
+        )
+        first.process.kill()  # kill -9 in the middle of the outage
+        await first.process.wait()
+        proxy.restore()
+        second = await start_instance(nursery, proxy.dsn, data_dir)
+        replayed = await until(
+            lambda: _at_least(spool_of(second.url), "records_replayed", spooled), 30, "replayed"
+        )
+        await until(lambda: _spool_empty(spool_of(second.url)), 30, "spool emptied")
+        second.process.send_signal(signal.SIGTERM)
+        assert await second.process.wait() == 0
+    assert replayed >= spooled
+    with psycopg.connect(database_dsn) as conn:
+        rows = conn.execute(
+            "SELECT (data->>'t')::bigint, count(*) FROM websocket_messages GROUP BY 1"
+        ).fetchall()
+    assert max(count for _, count in rows) == 1  # the replay stored nothing twice
+
+
+async def _stored_any(dsn: str) -> bool:
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute("SELECT count(*) FROM websocket_messages").fetchone()
+    return bool(row and row[0] > 0)
+
+
+async def _at_least(stats: Awaitable[dict[str, Any]], key: str, n: int) -> int | None:
+    value = int((await stats)[key])
+    return value if value >= n else None
+
+
+async def _spool_empty(stats: Awaitable[dict[str, Any]]) -> bool:
+    s = await stats
+    return s["bytes"] == 0 and not s["spooling"]
