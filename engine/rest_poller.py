@@ -31,6 +31,7 @@ import trio
 
 from .auth import Credentials, sign
 from .backoff import Backoff
+from .egress import EgressDenied
 from .errors import SourceUnavailable
 from .http_client import HttpClient, ResponseTooLarge
 from .metrics import Histogram
@@ -41,6 +42,10 @@ from .stopping import StopSwitch
 
 TICK_LATENESS_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0)
 logger = logging.getLogger(__name__)
+
+#: Seconds between attempts after a permanent failure (401/403, a destination the egress
+#: policy refuses): the connector shows ``error`` meanwhile instead of failing every tick.
+PERMANENT_BACKOFF = 300.0
 
 MAX_RETRY_AFTER = 3600.0
 
@@ -153,6 +158,9 @@ class RestPoller:
         for attempt in range(self.retries + 1):
             try:
                 result = await self._request()
+            except EgressDenied as exc:
+                self._permanent(exc.kind, str(exc))
+                return
             except SourceUnavailable as exc:
                 self._error(exc.kind, str(exc))
                 if attempt < self.retries:
@@ -222,15 +230,38 @@ class RestPoller:
             self._not_before = trio.current_time() + wait
             self._error("rate_limited", f"HTTP 429; waiting {wait:g} s")
             return None
+        if code in (401, 403):
+            self._permanent("unauthorized", f"HTTP {code}: the source refuses these credentials")
+            return None
         if 400 <= code < 500:
             self._error("http_status", f"HTTP {code}")
             return None
+        if self.status == "error":
+            logger.info("connector %s: the source answers again", self.connector_id)
+            self.status = "running"
         return code, response.body, elapsed_ms, time.time()
+
+    def _permanent(self, kind: str, message: str) -> None:
+        """A failure that retrying soon will not fix (401/403, a refused destination):
+        ``error`` with the reason, said once per change, next try after PERMANENT_BACKOFF."""
+        self.errors += 1
+        if self.status != "error" or self.last_error != message:
+            logger.error(
+                "connector %s: %s; retrying every %g s",
+                self.connector_id,
+                message,
+                PERMANENT_BACKOFF,
+            )
+            self.journal(ErrorEvent(self.connector_id, datetime.now(UTC), kind, message))
+        self.last_error = message
+        self.status = "error"
+        self._not_before = trio.current_time() + PERMANENT_BACKOFF
 
     def _error(self, kind: str, message: str) -> None:
         self.errors += 1
+        if self.last_error != message:  # a repeated failure is said once, not every tick
+            logger.warning("connector %s: %s", self.connector_id, message)
         self.last_error = message
-        logger.warning("connector %s: %s", self.connector_id, message)
         self.journal(ErrorEvent(self.connector_id, datetime.now(UTC), kind, message))
 
     def statistics(self) -> RestStatistics:

@@ -40,6 +40,7 @@ import orjson
 import trio
 
 from .backoff import Backoff
+from .egress import EgressDenied
 from .errors import SourceUnavailable
 from .models import ConnectorSpec, ErrorEvent, GapEvent, Journal, SourceBatch, no_journal
 from .normalize import Normalizer, normalizer_for
@@ -49,7 +50,10 @@ from .transport import Connection, Transport
 
 logger = logging.getLogger(__name__)
 
-MAX_BATCH_FRAMES = 500  # frames per batch handed to the processor
+MAX_BATCH_FRAMES = 500
+#: Seconds between attempts after a permanent failure (a destination the egress policy
+#: refuses): the connector is in ``error`` meanwhile, not reconnecting at full speed.
+PERMANENT_BACKOFF = 300.0  # frames per batch handed to the processor
 FLUSH_ON_STOP_SECONDS = 5.0
 
 
@@ -190,11 +194,30 @@ class WebSocketConnector:
                             (conn.binary_messages, conn.oversized_messages, conn.pongs)
                         ):
                             self._closed_counts[i] += n
+            except EgressDenied as exc:
+                # Permanent until the policy changes: error state, said once, and tried
+                # again only after PERMANENT_BACKOFF seconds, not at reconnect speed.
+                self._end_overflow()
+                self.errors += 1
+                if self.status != "error" or self.last_error != str(exc):
+                    logger.error(
+                        "connector %s: %s; retrying every %g s",
+                        self.connector_id,
+                        exc,
+                        PERMANENT_BACKOFF,
+                    )
+                    self.journal(
+                        ErrorEvent(self.connector_id, datetime.now(UTC), exc.kind, str(exc))
+                    )
+                self.last_error = str(exc)
+                self.status = "error"
+                await trio.sleep(PERMANENT_BACKOFF)
             except SourceUnavailable as exc:
                 self._end_overflow()
                 self.errors += 1
+                if self.last_error != str(exc):  # a repeated failure is said once
+                    logger.warning("connector %s: %s", self.connector_id, exc)
                 self.last_error = str(exc)
-                logger.warning("connector %s: %s", self.connector_id, exc)
                 self.journal(ErrorEvent(self.connector_id, datetime.now(UTC), exc.kind, str(exc)))
                 if lost_at is None and self.status == "running":
                     lost_at = self.last_message_at or time.time()

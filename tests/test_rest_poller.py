@@ -6,13 +6,14 @@ from collections.abc import Awaitable, Callable
 
 import httpx
 import orjson
+import pytest
 import trio
 import trio.testing
 
 from engine.auth import Credentials
 from engine.http_client import HttpxClient
 from engine.models import ConnectorSpec, SourceBatch
-from engine.rest_poller import RestPoller, retry_after_seconds
+from engine.rest_poller import PERMANENT_BACKOFF, RestPoller, retry_after_seconds
 
 Handler = Callable[[httpx.Request], Awaitable[httpx.Response]]
 
@@ -131,14 +132,14 @@ async def test_5xx_and_network_errors_retry_with_capped_backoff(
 async def test_4xx_is_an_error_without_retry_and_big_bodies_are_refused(
     nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
 ) -> None:
-    async def forbidden(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(403)
+    async def not_found(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(404)
 
-    actor, receive, times = poller(forbidden, spec(1000))
+    actor, receive, times = poller(not_found, spec(1000))
     nursery.start_soon(actor.run)
     await trio.sleep(0.5)
     assert times == [0.0]
-    assert actor.last_error == "HTTP 403"
+    assert actor.last_error == "HTTP 404"
     actor.request_stop()
 
     async def huge(request: httpx.Request) -> httpx.Response:
@@ -150,6 +151,33 @@ async def test_4xx_is_an_error_without_retry_and_big_bodies_are_refused(
     assert big.last_error == "response larger than 1000 bytes"
     assert receive.statistics().current_buffer_used == 0
     big.request_stop()
+
+
+@pytest.mark.parametrize("code", [401, 403])
+async def test_refused_credentials_are_an_error_state_on_a_long_backoff(
+    nursery: trio.Nursery,
+    autojump_clock: trio.testing.MockClock,
+    caplog: pytest.LogCaptureFixture,
+    code: int,
+) -> None:
+    answers = [code, code, code, 200]
+
+    async def refusing(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(answers.pop(0) if answers else 200, json=[{"price": "1"}])
+
+    actor, receive, times = poller(refusing, spec(1000))
+    nursery.start_soon(actor.run)
+    await trio.sleep(3 * PERMANENT_BACKOFF - 1)
+    # Not once a second for the next fifteen minutes: once per backoff.
+    assert times == [0.0, PERMANENT_BACKOFF, 2 * PERMANENT_BACKOFF]
+    assert actor.status == "error"
+    assert actor.last_error == f"HTTP {code}: the source refuses these credentials"
+    said = [r for r in caplog.records if "refuses these credentials" in r.getMessage()]
+    assert len(said) == 1  # said once per state change, not once per attempt
+    await trio.sleep(2)
+    assert actor.status == "running"  # it answers again: back to the normal schedule
+    assert receive.statistics().current_buffer_used >= 1
+    actor.request_stop()
 
 
 async def test_requests_are_signed(
