@@ -246,7 +246,15 @@ async def test_websocket_sources_go_through_the_egress_guard(
             await client.post(f"/api/connectors/{cid}/start")
             while not (await client.get(f"/api/connectors/{cid}/errors")).json()["count"]:
                 await trio.sleep(0.05)
+            # A permanent failure: error state with the reason, not a reconnect loop.
+            while (status := (await client.get(f"/api/connectors/{cid}/status")).json())[
+                "status"
+            ] != "error":
+                await trio.sleep(0.05)
+            await trio.sleep(1.0)  # at reconnect speed this would be several attempts
             errors = (await client.get(f"/api/connectors/{cid}/errors")).json()["data"]
+    assert status["last_error"] == "destination not allowed by the egress policy"
+    assert len(errors) == 1
     assert errors[0]["kind"] == "egress_denied"
     assert errors[0]["message"] == "destination not allowed by the egress policy"
     service.stop()
