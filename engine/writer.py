@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Protocol
 
 import attrs
@@ -128,6 +129,9 @@ class BatchWriter:
     spooling: bool = False
     rows_spooled: int = 0
     rows_spool_lost: int = 0
+    # An overflow in progress, per connector: (first lost, last lost, count). One gap
+    # record for the whole stretch, written when the spool takes records again.
+    _overflow: dict[str, tuple[datetime, datetime, int]] = attrs.field(factory=dict)
     _fenced: Counter[str] = attrs.field(factory=Counter)
     _pending: list[Record] = attrs.field(factory=list)
     _committed: Counter[str] = attrs.field(factory=Counter)
@@ -295,16 +299,23 @@ class BatchWriter:
                 self._spool_lost(records, exc)
                 return
         self.rows_spooled += len(records)
+        self.end_overflow()
 
     def _spool_lost(self, records: Sequence[Record], exc: Exception) -> None:
+        if not self._overflow:
+            logger.error("writer: the spool is full, records are lost (a gap): %s", exc)
         self.rows_spool_lost += len(records)
-        by_connector: dict[str, list[Record]] = {}
         for r in records:
-            by_connector.setdefault(r.connector_id or "", []).append(r)
-        for cid, lost in by_connector.items():
-            times = [r.received_at for r in lost]
-            self.journal(GapEvent(cid, min(times), max(times), "spool_overflow", len(lost)))
-        logger.error("writer: %d records lost, the spool is full: %s", len(records), exc)
+            cid = r.connector_id or ""
+            first, last, count = self._overflow.get(cid, (r.received_at, r.received_at, 0))
+            self._overflow[cid] = (min(first, r.received_at), max(last, r.received_at), count + 1)
+
+    def end_overflow(self) -> None:
+        """Record each connector's stretch of records the full spool could not take."""
+        for cid, (first, last, count) in self._overflow.items():
+            self.journal(GapEvent(cid, first, last, "spool_overflow", count))
+            logger.warning("writer: connector %s lost %d records to the full spool", cid, count)
+        self._overflow.clear()
 
     async def _write_db(
         self, records: Sequence[Record], *, spool_on_outage: bool = False, fenced: bool = True

@@ -86,6 +86,7 @@ class SpoolReplayer:
                         closed = await trio.to_thread.run_sync(spool.closed_segments)
                         if not closed:
                             writer.spooling = False
+                            writer.end_overflow()
                             logger.info("spool: replayed; writing directly again")
                             continue
                 await self._replay(closed[0])
