@@ -29,6 +29,7 @@ import httpx
 import trio
 
 from .errors import SourceUnavailable
+from .proxy import open_tunnel, proxy_for
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -137,10 +138,17 @@ class EgressPolicy:
         return addresses
 
     async def open_stream(self, host: str, port: int, secure: bool) -> trio.abc.Stream:
-        """A stream opener for the WebSocket transport that goes through the guard."""
+        """A stream opener for the WebSocket transport and the REST client that goes
+        through the guard, and through the outbound proxy the environment names
+        (``HTTPS_PROXY`` for TLS sources, ``HTTP_PROXY`` otherwise, ``ALL_PROXY``,
+        ``NO_PROXY``; see :mod:`engine.proxy`). The guard judges the final destination
+        either way."""
         addresses = await self.resolve(host, port)
+        proxy = proxy_for(host, secure)
         stream: trio.abc.Stream | None = None
-        for address in addresses:
+        if proxy is not None:
+            stream = await open_tunnel(proxy, host, port)
+        for address in addresses if stream is None else ():
             try:
                 stream = await trio.open_tcp_stream(address, port)
                 break
