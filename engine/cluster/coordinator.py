@@ -32,7 +32,6 @@ import os
 import secrets
 import socket
 from datetime import UTC, datetime
-from typing import Any
 
 import attrs
 import orjson
@@ -282,7 +281,3 @@ class Coordinator:
             reconciliations=self.reconciliations,
             errors=self.errors,
         )
-
-
-def describe(stats: CoordinatorStatistics) -> dict[str, Any]:
-    return attrs.asdict(stats)

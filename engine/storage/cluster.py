@@ -245,6 +245,15 @@ def notify_committed(conn: Conn, instance_id: str, table: str, ids: Sequence[int
         notify(conn, FEED_CHANNEL, {"i": instance_id, "t": "records", "s": table, "r": chunk})
 
 
+_RECORD_SELECT = (
+    "SELECT id, connector_id, exchange, instrument, price::text AS price,"
+    ' size::text AS size, side, message_type, "timestamp", received_at,'
+    " data::text AS data, dedup_key, bid_price::text AS bid_price,"
+    " bid_size::text AS bid_size, ask_price::text AS ask_price,"
+    " ask_size::text AS ask_size, source_id, session_id"
+)
+
+
 def records_by_ids(conn: Conn, table: str, runs: list[list[int]]) -> list[dict[str, Any]]:
     """The committed rows of ``runs`` (id ranges), in id order, for the realtime relay."""
     if table not in ("websocket_messages", "api_connector_data"):
@@ -258,25 +267,12 @@ def records_by_ids(conn: Conn, table: str, runs: list[list[int]]) -> list[dict[s
     ends = [r[1] for r in runs]
     cur = conn.cursor(row_factory=psycopg.rows.dict_row)
     cur.execute(
-        "SELECT id, connector_id, exchange, instrument, price::text AS price,"
-        ' size::text AS size, side, message_type, "timestamp", received_at,'
-        " data::text AS data, dedup_key, bid_price::text AS bid_price,"
-        " bid_size::text AS bid_size, ask_price::text AS ask_price,"
-        f" ask_size::text AS ask_size, source_id, session_id{extra}"
+        f"{_RECORD_SELECT}{extra}"
         f" FROM {table} t JOIN unnest(%s::bigint[], %s::bigint[]) AS r(lo, hi)"
         " ON t.id BETWEEN r.lo AND r.hi ORDER BY id",
         (starts, ends),
     )
     return cur.fetchall()
-
-
-_RECORD_SELECT = (
-    "SELECT id, connector_id, exchange, instrument, price::text AS price,"
-    ' size::text AS size, side, message_type, "timestamp", received_at,'
-    " data::text AS data, dedup_key, bid_price::text AS bid_price,"
-    " bid_size::text AS bid_size, ask_price::text AS ask_price,"
-    " ask_size::text AS ask_size, source_id, session_id"
-)
 
 
 def records_after(
@@ -370,10 +366,3 @@ def record_from_row(row: dict[str, Any]) -> Record:
         message_number=row.get("message_number"),
         format=row.get("format"),
     )
-
-
-def owner_statuses(conn: Conn) -> dict[str, str | None]:
-    rows = conn.execute(
-        "SELECT connector_id, owner FROM connector_leases WHERE expires_at > now()"
-    ).fetchall()
-    return {row[0]: row[1] for row in rows}
