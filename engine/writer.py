@@ -86,6 +86,15 @@ class WriterStatistics:
     rows_spool_lost: int = 0
 
 
+def _runs_and_saves(records: Sequence[Record]) -> tuple[list[Record], list[Record]]:
+    """Connector records (they carry their run's session, and may be spooled) and saves."""
+    runs: list[Record] = []
+    saves: list[Record] = []
+    for r in records:
+        (saves if r.session_id is None else runs).append(r)
+    return runs, saves
+
+
 class Fence(Protocol):
     """What the writer needs of the cluster (``engine.cluster``): this instance's id, the
     lease epoch of each connector it runs, and whether other instances want to hear of
@@ -129,6 +138,7 @@ class BatchWriter:
     spooling: bool = False
     rows_spooled: int = 0
     rows_spool_lost: int = 0
+    spool_refusals: int = 0  # batches the full spool could not take
     # An overflow in progress, per connector: (first lost, last lost, count). One gap
     # record for the whole stretch, written when the spool takes records again.
     _overflow: dict[str, tuple[datetime, datetime, int]] = attrs.field(factory=dict)
@@ -266,18 +276,12 @@ class BatchWriter:
                     ticket.ids[i] = ids[id(record)]
 
     async def _write(self, records: Sequence[Record]) -> list[StoredRecord]:
-        if self.spool is None:
-            return await self._write_db(records)
-        # Connector records (they carry their run's session) may be spooled; saves not.
-        runs = [r for r in records if r.session_id is not None]
-        saves = [r for r in records if r.session_id is None]
-        stored = await self._write_db(saves) if saves else []
+        if self.spool is None or not self.spooling:
+            return await self._write_db(records, spool_on_outage=self.spool is not None)
+        runs, saves = _runs_and_saves(records)
         if runs:
-            if self.spooling:
-                await self._to_spool(runs)
-            else:
-                stored += await self._write_db(runs, spool_on_outage=True)
-        return stored
+            await self._to_spool(runs)
+        return await self._write_db(saves) if saves else []
 
     async def write_replayed(self, records: Sequence[Record]) -> list[StoredRecord]:
         """Write records back from the spool (retrying while the database is down); the
@@ -305,6 +309,7 @@ class BatchWriter:
         if not self._overflow:
             logger.error("writer: the spool is full, records are lost (a gap): %s", exc)
         self.rows_spool_lost += len(records)
+        self.spool_refusals += 1
         for r in records:
             cid = r.connector_id or ""
             first, last, count = self._overflow.get(cid, (r.received_at, r.received_at, 0))
@@ -336,8 +341,14 @@ class BatchWriter:
                         logger.error("writer: %s; spooling to disk until it is back", exc)
                     self.sink_available = False
                     self.spooling = True
-                    await self._to_spool(records)
-                    return []
+                    # Connector records wait on disk; saves keep retrying (their 201
+                    # promises a commit).
+                    runs, saves = _runs_and_saves(records)
+                    if runs:
+                        await self._to_spool(runs)
+                    if not saves:
+                        return []
+                    records, spool_on_outage = saves, False
                 if self.sink_available:
                     logger.error("writer: %s; holding %d records and retrying", exc, len(records))
                 self.sink_available = False
