@@ -4,6 +4,10 @@
 like a server that is down) until ``restore()``. A cut that lands between a COMMIT and its
 reply is exactly the "lost commit reply" case. ``stall()`` keeps every connection open but
 forwards nothing, like a server frozen by a long lock or a full disk, until ``resume()``.
+``lose_commit_reply()`` makes that case certain instead of likely: the next COMMIT of a
+transaction that wrote records (it named ``websocket_messages`` or ``api_connector_data``)
+is forwarded, its reply is swallowed once PostgreSQL has sent it (so the commit happened),
+and that connection is cut.
 The upstream may be TCP or the Unix socket of the embedded PostgreSQL. Loopback only.
 
 Used by the outage tests in-process, and by the benchmark as its own process:
@@ -16,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+from collections.abc import Callable
 
 import attrs
 import psycopg
@@ -28,6 +33,9 @@ class FaultProxy:
     port: int = 0
     down: bool = False
     cuts: int = 0
+    #: Set by ``lose_commit_reply()``; cleared when a record COMMIT's reply was lost.
+    losing_commit: bool = False
+    commit_replies_lost: int = 0
     _scopes: set[trio.CancelScope] = attrs.field(factory=set)
     _flowing: trio.Event = attrs.field(factory=trio.Event)
 
@@ -70,12 +78,21 @@ class FaultProxy:
     def resume(self) -> None:
         self._flowing.set()
 
+    def lose_commit_reply(self) -> None:
+        self.losing_commit = True
+
     async def _pump(
-        self, source: trio.abc.Stream, sink: trio.abc.Stream, done: trio.CancelScope
+        self,
+        source: trio.abc.Stream,
+        sink: trio.abc.Stream,
+        done: trio.CancelScope,
+        swallow: Callable[[bytes], bool],
     ) -> None:
         with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             while data := await source.receive_some(65536):
                 await self._flowing.wait()
+                if swallow(data):
+                    break  # the reply to a record COMMIT: never delivered
                 await sink.send_all(data)
         done.cancel()
 
@@ -88,11 +105,46 @@ class FaultProxy:
                 with trio.CancelScope() as scope:
                     self._scopes.add(scope)
                     try:
+                        watch = _CommitWatch(self)
                         async with trio.open_nursery() as nursery:
-                            nursery.start_soon(self._pump, client, upstream, nursery.cancel_scope)
-                            nursery.start_soon(self._pump, upstream, client, nursery.cancel_scope)
+                            done = nursery.cancel_scope
+                            pump = self._pump
+                            nursery.start_soon(pump, client, upstream, done, watch.from_client)
+                            nursery.start_soon(pump, upstream, client, done, watch.from_server)
                     finally:
                         self._scopes.discard(scope)
+
+
+_COMMIT = b"Q\x00\x00\x00\x0bCOMMIT\x00"  # psycopg's COMMIT: a simple-query message
+_RECORD_TABLES = (b"websocket_messages", b"api_connector_data")
+
+
+@attrs.define(eq=False)
+class _CommitWatch:
+    """One connection's view for ``lose_commit_reply``: did the client just send the
+    COMMIT of a transaction that wrote records? Then the next bytes from the server are
+    its reply."""
+
+    proxy: FaultProxy
+    wrote_records: bool = False
+    committing: bool = False
+
+    def from_client(self, data: bytes) -> bool:
+        """Watched, never swallowed."""
+        if any(table in data for table in _RECORD_TABLES):
+            self.wrote_records = True
+        if _COMMIT in data:
+            self.committing = self.proxy.losing_commit and self.wrote_records
+            self.wrote_records = False
+        return False
+
+    def from_server(self, data: bytes) -> bool:
+        """True if ``data`` is a record COMMIT's reply, to be swallowed."""
+        if not self.committing:
+            return False
+        self.proxy.losing_commit = False
+        self.proxy.commit_replies_lost += 1
+        return True
 
 
 async def _main(upstream_dsn: str) -> None:
@@ -104,6 +156,7 @@ async def _main(upstream_dsn: str) -> None:
             "resume": proxy.resume,
             "cut": proxy.cut,
             "restore": proxy.restore,
+            "lose-commit-reply": proxy.lose_commit_reply,
         }
         stdin = trio.lowlevel.FdStream(os.dup(0))
         buffered = b""

@@ -15,7 +15,10 @@ Error handling:
 * Data refused (``BadMessage("db_rejected")``): the batch is split in halves until the bad
   records are isolated; they are counted and logged, the rest commits.
 * Retried batches never duplicate: inserts skip records whose (connector, dedup key) is
-  already stored.
+  already stored. A retry after a lost COMMIT reply (and every write back from the spool,
+  whose records may have been committed by the attempt that sent them there) also finds
+  the rows that attempt stored, by key and receive time, and publishes them: they reach
+  realtime subscribers once, not never.
 
 Resource handling: the engine owns both channel ends; the writer closes its send end only
 after its receive end is exhausted and the last batch committed.
@@ -286,7 +289,7 @@ class BatchWriter:
     async def write_replayed(self, records: Sequence[Record]) -> list[StoredRecord]:
         """Write records back from the spool (retrying while the database is down); the
         replayer publishes what this returns."""
-        return await self._write_db(records, fenced=False)
+        return await self._write_db(records, fenced=False, recover=True)
 
     async def _to_spool(self, records: Sequence[Record]) -> None:
         spool = self.spool
@@ -323,17 +326,27 @@ class BatchWriter:
         self._overflow.clear()
 
     async def _write_db(
-        self, records: Sequence[Record], *, spool_on_outage: bool = False, fenced: bool = True
+        self,
+        records: Sequence[Record],
+        *,
+        spool_on_outage: bool = False,
+        fenced: bool = True,
+        recover: bool = False,
     ) -> list[StoredRecord]:
         backoff = Backoff(base=0.1, cap=5.0)
+        # After a failed attempt its outcome is unknown (the connection may have broken
+        # after COMMIT was sent): the retry finds what that attempt stored and publishes it.
         while True:
             started = trio.current_time()
             try:
                 if self.fence is None or not fenced:
-                    stored, duplicates = await self.db.sink(insert_records, records)
+                    stored, duplicates = await self.db.sink(
+                        insert_records, records, recover=recover
+                    )
                 else:
-                    stored, duplicates = await self._write_fenced(records, self.fence)
+                    stored, duplicates = await self._write_fenced(records, self.fence, recover)
             except SinkUnavailable as exc:
+                recover = True
                 self.retries += 1
                 self.last_error = str(exc)
                 if spool_on_outage and self.spool is not None:
@@ -369,14 +382,14 @@ class BatchWriter:
             return stored
 
     async def _write_fenced(
-        self, records: Sequence[Record], fence: Fence
+        self, records: Sequence[Record], fence: Fence, recover: bool
     ) -> tuple[list[StoredRecord], int]:
         # Connector records carry their run's session id; saves have none and are never
         # fenced. The epochs are read here, on the Trio thread, before the hop.
         runs = {r.connector_id for r in records if r.session_id is not None and r.connector_id}
         epochs = fence.epochs_for(runs)
         stored, duplicates, fenced = await self.db.sink(
-            write_fenced, records, fence.instance_id, epochs, runs, fence.announce
+            write_fenced, records, fence.instance_id, epochs, runs, fence.announce, recover
         )
         if fenced:
             for cid, n in fenced.items():

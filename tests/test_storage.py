@@ -123,7 +123,9 @@ class SlowFirstBatchSink:
     concurrent: int = 0
     most_concurrent: int = 0
 
-    async def sink(self, fn: object, records: list[Record]) -> tuple[list[StoredRecord], int]:
+    async def sink(
+        self, fn: object, records: list[Record], recover: bool = False
+    ) -> tuple[list[StoredRecord], int]:
         self.calls.append(records[0].dedup_key)
         self.concurrent += 1
         self.most_concurrent = max(self.most_concurrent, self.concurrent)

@@ -192,11 +192,13 @@ def write_fenced(
     epochs: dict[str, int],
     runs: set[str],
     announce: bool,
+    recover: bool = False,
 ) -> tuple[list[StoredRecord], int, Counter[str]]:
     """Insert ``records`` in this transaction, except those of connector runs (``runs``)
     whose lease this instance no longer holds at the epoch in ``epochs``; with
     ``announce``, notify the other instances of the ids committed. Returns the stored
-    records, the duplicates skipped, and the fenced records per connector."""
+    records, the duplicates skipped, and the fenced records per connector (``recover``: as
+    for :func:`insert_records`)."""
     fenced: Counter[str] = Counter()
     if runs:
         valid = valid_epochs(conn, instance_id, epochs)
@@ -207,7 +209,7 @@ def write_fenced(
             else:
                 kept.append(r)
         records = kept
-    stored, duplicates = insert_records(conn, records)
+    stored, duplicates = insert_records(conn, records, recover=recover)
     if announce and stored:
         table = TABLES[records[0].source]
         notify_committed(conn, instance_id, table, [s.id for s in stored])

@@ -100,12 +100,15 @@ _DIRECT_EXTRA_TYPES = {"websocket": ["int8", "int8", "text"], "rest": ["int4", "
 
 
 def insert_records(
-    conn: psycopg.Connection[Any], records: Sequence[Record]
+    conn: psycopg.Connection[Any], records: Sequence[Record], *, recover: bool = False
 ) -> tuple[list[StoredRecord], int]:
     """Insert ``records`` (all of one source kind) in the current transaction.
 
     Returns the records actually inserted, in id order, and how many were already stored
-    (same connector and dedup key) and so skipped.
+    (same connector and dedup key) and so skipped. With ``recover`` (a retry of a write
+    whose outcome was unknown: the connection broke around its COMMIT), a skipped record
+    that the lost attempt itself stored counts as stored, with its id, so it is still
+    published (see :func:`_stored_by_lost_attempt`).
 
     Duplicates are rare (a retry after a lost commit reply, a replay after reconnect), so
     the batch first goes straight into the table by binary COPY with ids taken from the
@@ -114,6 +117,17 @@ def insert_records(
     """
     if not records:
         return [], 0
+    stored, duplicates = _insert(conn, records)
+    if recover and duplicates:
+        found = _stored_by_lost_attempt(conn, records, stored)
+        stored = sorted(stored + found, key=lambda s: s.id)
+        duplicates -= len(found)
+    return stored, duplicates
+
+
+def _insert(
+    conn: psycopg.Connection[Any], records: Sequence[Record]
+) -> tuple[list[StoredRecord], int]:
     if len(records) <= SMALL_BATCH:
         return _insert_values(conn, records)
     ids = [
@@ -258,3 +272,48 @@ def _insert_deduplicated(
         cur.execute(_INSERT.format(table=table, extra=_EXTRA[records[0].source]).encode())
         inserted = cur.fetchall()
     return _returned(records, inserted)
+
+
+_LOST_ATTEMPT = """
+SELECT t.id, t.connector_id, t.dedup_key
+FROM unnest(%s::text[], %s::text[], %s::timestamptz[]) AS k(connector_id, dedup_key, received_at)
+JOIN {table} t ON t.connector_id = k.connector_id AND t.dedup_key = k.dedup_key
+    AND t.received_at = k.received_at
+"""
+_LOST_ATTEMPT_UNOWNED = """
+SELECT t.id, t.connector_id, t.dedup_key
+FROM unnest(%s::text[], %s::timestamptz[]) AS k(dedup_key, received_at)
+JOIN {table} t ON t.connector_id IS NULL AND t.dedup_key = k.dedup_key
+    AND t.received_at = k.received_at
+"""
+
+
+def _stored_by_lost_attempt(
+    conn: psycopg.Connection[Any], records: Sequence[Record], stored: list[StoredRecord]
+) -> list[StoredRecord]:
+    """The skipped ``records`` that are in the table as these very records: same key and
+    the same receive time (to the microsecond). A record a source sent twice arrives at a
+    different time, so a real duplicate is still skipped; the rows a lost COMMIT stored
+    are this batch's own and are found."""
+    inserted = {id(s.record) for s in stored}
+    skipped = [r for r in records if id(r) not in inserted]
+    table = TABLES[records[0].source]
+    owned = [r for r in skipped if r.connector_id is not None]
+    unowned = [r for r in skipped if r.connector_id is None]
+    rows: list[tuple[Any, ...]] = []
+    if owned:
+        rows += conn.execute(
+            _LOST_ATTEMPT.format(table=table).encode(),
+            (
+                [r.connector_id for r in owned],
+                [r.dedup_key for r in owned],
+                [r.received_at for r in owned],
+            ),
+        ).fetchall()
+    if unowned:
+        rows += conn.execute(
+            _LOST_ATTEMPT_UNOWNED.format(table=table).encode(),
+            ([r.dedup_key for r in unowned], [r.received_at for r in unowned]),
+        ).fetchall()
+    by_key = {(r.connector_id, r.dedup_key): r for r in skipped}
+    return [StoredRecord(id=row[0], record=by_key[(row[1], row[2])]) for row in rows]
