@@ -28,7 +28,7 @@ import httpcore
 import httpx
 import trio
 
-from .errors import SourceUnavailable
+from .errors import SourceRefused, SourceUnavailable
 from .proxy import open_tunnel, proxy_for
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -67,7 +67,7 @@ SIX_TO_FOUR = ipaddress.ip_network("2002::/16")
 TEREDO = ipaddress.ip_network("2001::/32")
 
 
-class EgressDenied(SourceUnavailable):
+class EgressDenied(SourceRefused):
     """The destination is not allowed by the egress policy."""
 
     def __init__(self, message: str = "destination not allowed by the egress policy") -> None:

@@ -305,7 +305,9 @@ class Engine:
         spool = writer.spool = Spool(
             s.data_dir / "spool", max_bytes=s.spool_max_bytes, fsync=s.spool_fsync
         )
-        replayer = self._replayer = SpoolReplayer(spool, writer, out_send.clone())
+        replayer = self._replayer = SpoolReplayer(
+            spool, writer, out_send.clone(), rate=s.spool_replay_rate
+        )
         journal.announce = self.announce_notice
         relay = self._relay = Relay(db, out_send.clone(), coordinator.instance_id)
         self._ingest = rec_send.clone()

@@ -5,6 +5,7 @@
     SluiceError
     ├── Unavailable              retry later: the thing we talk to is not answering
     │   ├── SourceUnavailable    a source (WebSocket / REST endpoint) failed or closed
+    │   │   └── SourceRefused    it will not serve us as configured: retry only after long
     │   └── SinkUnavailable      PostgreSQL is unreachable or the pool timed out
     ├── BadMessage               drop and count: one source message we cannot use
     ├── BadRequest               reject: an API caller sent something invalid (→ 4xx)
@@ -36,6 +37,13 @@ class SourceUnavailable(Unavailable):
     def __init__(self, message: str, kind: str = "closed") -> None:
         super().__init__(message)
         self.kind = kind
+
+
+class SourceRefused(SourceUnavailable):
+    """The source will not serve us as configured — a destination the egress policy
+    refuses, credentials refused, a subscription the exchange says is invalid — until the
+    configuration changes: the connector goes to ``error`` with the reason, says it once,
+    and tries again only after a long backoff."""
 
 
 class SinkUnavailable(Unavailable):

@@ -118,6 +118,19 @@ class ConnectorManager:
     _stopping: trio.Event = attrs.field(factory=trio.Event)
     _lock: trio.Lock = attrs.field(factory=trio.Lock)
 
+    def __attrs_post_init__(self) -> None:
+        self.processor.on_exchange_error = self._exchange_error
+
+    def _exchange_error(self, connector_id: str, detail: str) -> None:
+        """An error event from a WebSocket source that has not produced one record in
+        this run answers its subscription: the subscription is refused, and reconnecting
+        at full speed would only be refused again."""
+        entry = self._running.get(connector_id)
+        if entry is None or not isinstance(entry.actor, WebSocketConnector):
+            return
+        if self.processor.counters_for(connector_id).records == entry.base_produced:
+            entry.actor.refuse(detail)
+
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery

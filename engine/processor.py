@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 import attrs
@@ -61,6 +62,9 @@ class Processor:
     receive_channel: trio.MemoryReceiveChannel[SourceBatch]
     send_channel: trio.MemorySendChannel[list[Record]]
     journal: Journal = no_journal
+    #: Told of every error event a source sends (connector id, the error): the connector
+    #: manager decides whether it means the subscription is refused.
+    on_exchange_error: Callable[[str, str], None] = lambda connector_id, detail: None
     batches_in: int = 0
     frames_in: int = 0
     records_out: int = 0
@@ -109,11 +113,14 @@ class Processor:
                 counters.control += 1
                 if result.kind == "error":
                     counters.exchange_errors += 1
+                    if counters.last_error != result.detail:  # a repeated error is said once
+                        logger.warning("connector %s: %s", batch.connector_id, result.detail)
                     counters.last_error = result.detail
-                    logger.warning("connector %s: %s", batch.connector_id, result.detail)
                     self.journal(
                         ErrorEvent(batch.connector_id, received_at, "exchange_error", result.detail)
                     )
+                    if batch.connector_id is not None:
+                        self.on_exchange_error(batch.connector_id, result.detail)
                 continue
             records.extend(result)
         if batch.source == "rest" and records:

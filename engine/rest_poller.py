@@ -31,8 +31,7 @@ import trio
 
 from .auth import Credentials, sign
 from .backoff import Backoff
-from .egress import EgressDenied
-from .errors import SourceUnavailable
+from .errors import SourceRefused, SourceUnavailable
 from .http_client import HttpClient, ResponseTooLarge
 from .metrics import Histogram
 from .models import ConnectorSpec, ErrorEvent, Journal, SourceBatch, no_journal
@@ -158,7 +157,7 @@ class RestPoller:
         for attempt in range(self.retries + 1):
             try:
                 result = await self._request()
-            except EgressDenied as exc:
+            except SourceRefused as exc:
                 self._permanent(exc.kind, str(exc))
                 return
             except SourceUnavailable as exc:

@@ -40,8 +40,7 @@ import orjson
 import trio
 
 from .backoff import Backoff
-from .egress import EgressDenied
-from .errors import SourceUnavailable
+from .errors import SourceRefused, SourceUnavailable
 from .models import ConnectorSpec, ErrorEvent, GapEvent, Journal, SourceBatch, no_journal
 from .normalize import Normalizer, normalizer_for
 from .sources import new_session_id
@@ -52,8 +51,9 @@ logger = logging.getLogger(__name__)
 
 MAX_BATCH_FRAMES = 500
 #: Seconds between attempts after a permanent failure (a destination the egress policy
-#: refuses): the connector is in ``error`` meanwhile, not reconnecting at full speed.
-PERMANENT_BACKOFF = 300.0  # frames per batch handed to the processor
+#: refuses, a subscription the exchange refuses): the connector is in ``error`` meanwhile,
+#: not reconnecting at full speed.
+PERMANENT_BACKOFF = 300.0
 FLUSH_ON_STOP_SECONDS = 5.0
 
 
@@ -130,6 +130,8 @@ class WebSocketConnector:
     _stop: StopSwitch = attrs.field(factory=StopSwitch)
     _reading_done: bool = False
     _normalizer: Normalizer | None = None
+    _connection_scope: trio.CancelScope | None = None
+    _refused: str | None = None  # why the source refused the subscription (``refuse``)
 
     def __attrs_post_init__(self) -> None:
         if self.spec.field_mapping:
@@ -138,6 +140,13 @@ class WebSocketConnector:
     @property
     def connector_id(self) -> str:
         return self.spec.connector_id
+
+    def refuse(self, detail: str) -> None:
+        """The source refused the subscription (the connector manager's judgement of an
+        error event): drop the connection; the next try comes after PERMANENT_BACKOFF."""
+        self._refused = detail
+        if self._connection_scope is not None:
+            self._connection_scope.cancel()
 
     def request_stop(self) -> None:
         """Stop reading from the source; buffered messages are still forwarded."""
@@ -173,30 +182,35 @@ class WebSocketConnector:
                 self.reconnects += 1
             first = False
             try:
-                async with self.transport.connect(
-                    self._url(),
-                    max_message_bytes=self.max_message_bytes,
-                    open_timeout=self.open_timeout,
-                    headers=self.headers,
-                ) as conn:
-                    self._connection = conn
-                    try:
-                        await self._subscribe(conn)
-                        self.status = "running"
-                        logger.info("connector %s connected", self.connector_id)
-                        if lost_at is not None:
-                            self._journal_gap(lost_at, time.time(), lost_cause, None)
-                            lost_at = None
-                        await self._read(conn)
-                    finally:
-                        self._connection = None
-                        for i, n in enumerate(
-                            (conn.binary_messages, conn.oversized_messages, conn.pongs)
-                        ):
-                            self._closed_counts[i] += n
-            except EgressDenied as exc:
-                # Permanent until the policy changes: error state, said once, and tried
-                # again only after PERMANENT_BACKOFF seconds, not at reconnect speed.
+                with trio.CancelScope() as self._connection_scope:
+                    async with self.transport.connect(
+                        self._url(),
+                        max_message_bytes=self.max_message_bytes,
+                        open_timeout=self.open_timeout,
+                        headers=self.headers,
+                    ) as conn:
+                        self._connection = conn
+                        try:
+                            await self._subscribe(conn)
+                            self.status = "running"
+                            logger.info("connector %s connected", self.connector_id)
+                            if lost_at is not None:
+                                self._journal_gap(lost_at, time.time(), lost_cause, None)
+                                lost_at = None
+                            await self._read(conn)
+                        finally:
+                            self._connection = None
+                            for i, n in enumerate(
+                                (conn.binary_messages, conn.oversized_messages, conn.pongs)
+                            ):
+                                self._closed_counts[i] += n
+                if self._refused is not None:
+                    refused, self._refused = self._refused, None
+                    raise SourceRefused(f"subscription refused: {refused}", "subscription_refused")
+            except SourceRefused as exc:
+                # Permanent until the configuration changes (the egress policy, the
+                # subscription): error state, said once, and tried again only after
+                # PERMANENT_BACKOFF seconds, not at reconnect speed.
                 self._end_overflow()
                 self.errors += 1
                 if self.status != "error" or self.last_error != str(exc):

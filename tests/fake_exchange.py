@@ -3,7 +3,8 @@ little Binance and OKX.
 
 ``/binance``: sends ``count`` raw trade events (trade ids ``start``…), then keeps the
 connection open. ``/okx``: waits for a subscribe message, answers with the OKX ack, then
-sends trades in messages of ``per_message`` trades each. Every connection is recorded
+sends trades in messages of ``per_message`` trades each; ``/okx-refuse`` answers it with
+OKX's error for an instrument that does not exist. Every connection is recorded
 with the messages the client sent.
 """
 
@@ -100,6 +101,13 @@ class FakeExchange:
                 for first in range(start, start + count, per):
                     n = min(per, start + count - first)
                     await ws.send_message(okx_trades(first, n).decode())
+            elif parts.path == "/okx-refuse":
+                # OKX's answer to a subscription it cannot serve; the socket stays open.
+                self.received.append(str(await ws.get_message()))
+                await ws.send_message(
+                    '{"event":"error","code":"60018","msg":"Wrong URL or channel:trades,'
+                    'instId:NOPE-USDT doesn\'t exist.","connId":"x1"}'
+                )
             elif parts.path == "/poison":
                 # Valid trades 1..count with poison after every 10th: each kind once per round.
                 poisons = [

@@ -88,7 +88,9 @@ async def _pump(instance: Instance) -> None:
         instance.log += chunk
 
 
-async def start_instance(nursery: trio.Nursery, dsn: str, data_dir: str) -> Instance:
+async def start_instance(
+    nursery: trio.Nursery, dsn: str, data_dir: str, extra_env: dict[str, str] | None = None
+) -> Instance:
     env = {
         **os.environ,
         "POSTGRES_DSN": dsn,
@@ -98,6 +100,7 @@ async def start_instance(nursery: trio.Nursery, dsn: str, data_dir: str) -> Inst
         "SLUICE_LEASE_TTL": LEASE_TTL,
         "SLUICE_CLUSTER_INTERVAL": "0.5",
         "SLUICE_LOG_LEVEL": "INFO",
+        **(extra_env or {}),
     }
     command = [sys.executable, "-m", "server.cli", "serve", "--port", "0"]
     process = await trio.lowlevel.open_process(command, env=env, stderr=subprocess.PIPE)

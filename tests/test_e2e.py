@@ -209,3 +209,42 @@ async def test_poison_messages_are_rejected_with_reasons_and_the_rest_committed(
     assert all(row["reason"] and row["raw"] for row in rejected["data"])
     stored = stored_trade_ids(database_dsn, connector_id, "t")
     assert sorted(int(t) for _, t in stored) == list(range(1, total + 1))
+
+
+async def test_a_refused_subscription_is_an_error_state_said_once_not_a_loop(
+    exchange: FakeExchange, service: Service, caplog: pytest.LogCaptureFixture
+) -> None:
+    """OKX answers the subscription with an error and sends nothing else: the connector
+    goes to ``error`` with the exchange's reason and waits the long backoff, instead of
+    showing ``running`` forever (or reconnecting at full speed and saying it each time)."""
+    async with httpx.AsyncClient(base_url=service.url) as client:
+        created = await client.post(
+            "/api/connectors",
+            json={
+                "name": "typo",
+                "api_url": exchange.url("/okx-refuse"),
+                "exchange": "okx",
+                "subscribe_messages": [
+                    {"op": "subscribe", "args": [{"channel": "trades", "instId": "NOPE-USDT"}]}
+                ],
+            },
+        )
+        cid = created.json()["connector_id"]
+        started = await client.post(f"/api/connectors/{cid}/start")
+        # On loopback the refusal may arrive before the start answers: then it says so.
+        assert started.status_code in (200, 409), started.text
+        with trio.fail_after(10):
+            while (status := (await client.get(f"/api/connectors/{cid}/status")).json())[
+                "status"
+            ] != "error":
+                await trio.sleep(0.05)
+        await trio.sleep(1.0)  # at reconnect speed this would be several attempts
+        status = (await client.get(f"/api/connectors/{cid}/status")).json()
+        errors = (await client.get(f"/api/connectors/{cid}/errors")).json()["data"]
+    assert status["status"] == "error"
+    assert "NOPE-USDT doesn't exist" in status["last_error"]
+    [refused] = [e for e in errors if e["kind"] == "subscription_refused"]
+    assert "NOPE-USDT doesn't exist" in refused["message"]
+    assert exchange.connections == 1
+    said = [r for r in caplog.records if "subscription refused" in r.getMessage()]
+    assert len(said) == 1

@@ -1,6 +1,8 @@
 """The spool replayer actor: once PostgreSQL takes writes again, the spooled batches are
 written back in order, each published to the hub after its commit (so realtime
 subscribers get them as always), and a segment is deleted only when all of it committed.
+Write-back is paced to ``rate`` records per second (0: unpaced), so a long backlog does not
+take the whole database from saves and the other instances of a cluster.
 While the spool is not empty every new connector record is spooled behind the old ones,
 so order is kept; when the replayer reaches the end it closes the last segment under the
 writer's spool lock and hands writing back to the writer.
@@ -53,8 +55,10 @@ class SpoolReplayer:
     spool: Spool
     writer: BatchWriter
     send_channel: trio.MemorySendChannel[HubItem]
+    rate: int = 0
     replayed: int = 0
     segments: int = 0
+    _next_at: float = 0.0  # when pacing lets the next entry go
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         spool, writer = self.spool, self.writer
@@ -96,6 +100,10 @@ class SpoolReplayer:
         payloads = await trio.to_thread.run_sync(lambda: list(spool.read(segment)))
         for payload in payloads:
             records = decode_records(payload)
+            if self.rate:
+                self._next_at = max(self._next_at, trio.current_time())
+                await trio.sleep_until(self._next_at)
+                self._next_at += len(records) / self.rate
             stored = await self.writer.write_replayed(records)
             if stored:
                 await self.send_channel.send(stored)

@@ -108,6 +108,7 @@ class Database:
         )
         self._limiter = trio.CapacityLimiter(max(settings.pool_max, settings.pool_min))
         self._pool_timeout = settings.pool_timeout
+        self._write_timeout = settings.write_timeout
 
     @classmethod
     @contextlib.asynccontextmanager
@@ -152,12 +153,27 @@ class Database:
     async def sink(self, fn: Callable[Concatenate[Conn, P], T], *args: P.args, **kw: P.kwargs) -> T:
         """Like :meth:`run`, for writers that retry: waits at most ``SINK_WAIT`` for a
         pooled connection, then tries a fresh one of its own. The pool reconnects with a
-        growing backoff after an outage; a writer must not wait for that to commit again."""
-        return await self._call(
-            min(self._pool_timeout, SINK_WAIT), True, lambda conn: fn(conn, *args, **kw)
-        )
+        growing backoff after an outage; a writer must not wait for that to commit again.
 
-    async def _call(self, wait: float, fallback: bool, fn: Callable[[Conn], T]) -> T:
+        A call that has not returned within ``write_timeout`` (a database that stalls: a
+        frozen server, a network that drops packets without a reset) is
+        :class:`SinkUnavailable` like a refused connection, so the writer spools instead of
+        waiting for ever. Its thread is abandoned, still holding its limiter token until it
+        returns, so stalled calls cannot pile up past the pool's size; whether it committed
+        is unknown, which the writer treats as a lost commit reply.
+        """
+        call = lambda conn: fn(conn, *args, **kw)  # noqa: E731
+        try:
+            with trio.fail_after(self._write_timeout):
+                return await self._call(min(self._pool_timeout, SINK_WAIT), True, call, True)
+        except trio.TooSlowError as exc:
+            raise SinkUnavailable(
+                f"database did not answer within {self._write_timeout:g} s"
+            ) from exc
+
+    async def _call(
+        self, wait: float, fallback: bool, fn: Callable[[Conn], T], abandon: bool = False
+    ) -> T:
         def call() -> T:
             try:
                 with self._pool.connection(timeout=wait) as conn:
@@ -170,7 +186,9 @@ class Database:
                 return fn(conn)
 
         try:
-            return await trio.to_thread.run_sync(call, limiter=self._limiter)
+            return await trio.to_thread.run_sync(
+                call, limiter=self._limiter, abandon_on_cancel=abandon
+            )
         except psycopg_pool.PoolTimeout as exc:
             raise SinkUnavailable("no database connection available") from exc
         except _DATA_ERRORS as exc:
