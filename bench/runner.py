@@ -582,6 +582,10 @@ def run_scenario(
         metrics_before = parse_metrics(client.get("/metrics").text)
         rss: list[tuple[float, float]] = []
         stall = "pending" if proxy else "none"
+        # After the stall: when writing resumed, and when the spool was empty again with
+        # everything received stored (the catch-up), and how much was replayed by then.
+        resumed_at = caught_up_at = None
+        replayed_at_resume = replayed = 0.0
         poll = 0.2 if len(ids) <= 10 else 1.0
         with profiled(server.pid, profile):
             started = time.perf_counter()
@@ -603,6 +607,16 @@ def run_scenario(
                 ):
                     _command(proxy, "resume")
                     stall = "resumed"
+                    resumed_at = elapsed
+                    replayed_at_resume = metrics.get("sluice_spool_replayed_total", 0.0)
+                if (
+                    stall == "resumed"
+                    and caught_up_at is None
+                    and not metrics.get("sluice_spool_spooling", 0.0)
+                    and stored >= received
+                ):
+                    caught_up_at = elapsed
+                    replayed = metrics.get("sluice_spool_replayed_total", 0.0) - replayed_at_resume
                 progress.show(
                     f"{scenario.key}: {elapsed:6.1f} s  received {received:,.0f}  "
                     f"stored {stored:,.0f}  RSS {rss[-1][1]:.0f} MiB"
@@ -662,6 +676,12 @@ def run_scenario(
             "gaps": int(metrics.get("sluice_connector_messages_gap_total", 0)),
             "rejected": int(metrics.get("sluice_connector_messages_rejected_total", 0)),
         }
+        if resumed_at is not None and caught_up_at is not None:
+            catch_up = max(caught_up_at - resumed_at, 1e-3)
+            result["catch_up_seconds"] = catch_up
+            result["spooled"] = int(metrics.get("sluice_spool_records_total", 0))
+            result["replay_per_s"] = replayed / catch_up
+            result["replay_ratio"] = replayed / catch_up / scenario.rate if scenario.rate else 0
         final = parse_metrics(client.get("/metrics").text)
         flush = "sluice_writer_flush_seconds"
         result["flush_p50_ms"] = 1000 * histogram_quantile(final, metrics_before, flush, 0.5)

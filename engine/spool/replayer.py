@@ -26,6 +26,7 @@ import attrs
 import trio
 
 from ..hub import HubItem
+from ..models import Record
 from .codec import decode_records
 from .spool import Spool
 
@@ -96,19 +97,35 @@ class SpoolReplayer:
                 await self._replay(closed[0])
 
     async def _replay(self, segment: Path) -> None:
+        """Write one segment back, in order. Entries are the writer's batches as they were
+        spooled, often a hundred records each while spooling; they are written back
+        gathered into batches of the writer's size, which replays several times faster
+        (measured in ``bench``: stall-120s)."""
         spool = self.spool
         payloads = await trio.to_thread.run_sync(lambda: list(spool.read(segment)))
+        gathered: list[Record] = []
         for payload in payloads:
             records = decode_records(payload)
-            if self.rate:
-                self._next_at = max(self._next_at, trio.current_time())
-                await trio.sleep_until(self._next_at)
-                self._next_at += len(records) / self.rate
-            stored = await self.writer.write_replayed(records)
-            if stored:
-                await self.send_channel.send(stored)
-            self.replayed += len(records)
+            if gathered and records and records[0].source != gathered[0].source:
+                await self._write_back(gathered)  # one table per write
+                gathered = []
+            gathered += records
+            if len(gathered) >= self.writer.batch_size:
+                await self._write_back(gathered)
+                gathered = []
+        if gathered:
+            await self._write_back(gathered)
         await trio.to_thread.run_sync(spool.delete, segment)
+
+    async def _write_back(self, records: list[Record]) -> None:
+        if self.rate:
+            self._next_at = max(self._next_at, trio.current_time())
+            await trio.sleep_until(self._next_at)
+            self._next_at += len(records) / self.rate
+        stored = await self.writer.write_replayed(records)
+        if stored:
+            await self.send_channel.send(stored)
+        self.replayed += len(records)
 
     def statistics(self) -> SpoolStatistics:
         spool = self.spool
