@@ -11,6 +11,7 @@ Two ways to run it, one engine:
 
 from __future__ import annotations
 
+import base64
 import hmac
 import logging
 from urllib.parse import urlsplit
@@ -28,6 +29,7 @@ from .responses import detail, install_error_handlers
 from .routes import (
     cluster,
     connectors,
+    console,
     docs,
     normalize,
     observe,
@@ -65,6 +67,7 @@ def create_app(engine: Engine | None = None, settings: Settings | None = None) -
         normalize,
         observe,
         docs,
+        console,
     ):
         app.register_blueprint(module.bp)
 
@@ -106,8 +109,9 @@ def _install_cors(app: QuartTrio, origins: tuple[str, ...]) -> None:
 
 def _install_token(app: QuartTrio, token: str | None) -> None:
     """With ``SLUICE_API_TOKEN`` set, every ``/api/`` route and the realtime socket need it
-    (``Authorization: Bearer …``; the socket may pass ``?token=``), compared in constant
-    time."""
+    (``Authorization: Bearer …``; the socket may pass ``?token=``, or, as the console does
+    to keep it out of URLs, offer the subprotocols ``sluice`` and ``bearer.<token in
+    base64url>``), compared in constant time."""
     if not token:
         return
     expected = token.encode()
@@ -131,9 +135,23 @@ def _install_token(app: QuartTrio, token: str | None) -> None:
             return None
         return None if valid(bearer(request.headers.get("Authorization"))) else refusal()
 
+    def offered(protocols: list[str]) -> str | None:
+        for protocol in protocols:
+            if protocol.startswith("bearer."):
+                encoded = protocol[len("bearer.") :]
+                try:
+                    return base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)).decode()
+                except (ValueError, UnicodeDecodeError):
+                    return None
+        return None
+
     @app.before_websocket
     async def _check_websocket() -> Response | None:
-        given = bearer(websocket.headers.get("Authorization")) or websocket.args.get("token")
+        given = (
+            bearer(websocket.headers.get("Authorization"))
+            or websocket.args.get("token")
+            or offered(websocket.requested_subprotocols)
+        )
         return None if valid(given) else refusal()
 
 

@@ -305,6 +305,24 @@ def build() -> J:
                 "responses": {"200": _json(_ref("ConnectorList")), **_errors(503)},
             },
         },
+        "/api/connectors/statuses": {
+            "get": {
+                "summary": "Every connector's status in one answer",
+                "responses": {
+                    "200": _json(
+                        {
+                            "type": "object",
+                            "properties": {
+                                "data": {"type": "array", "items": _ref("ConnectorStatus")},
+                                "count": {"type": "integer"},
+                            },
+                            "required": ["data", "count"],
+                        }
+                    ),
+                    **_errors(503),
+                },
+            }
+        },
         "/api/connectors/{connector_id}": {
             "parameters": [CID],
             "get": {
@@ -415,6 +433,20 @@ def build() -> J:
                             "required": ["data", "count", "limit", "skip"],
                         }
                     ),
+                    **_errors(422, 503),
+                },
+            }
+        },
+        "/api/websocket/data.csv": {
+            "get": {
+                "summary": "The same query as /api/websocket/data as a CSV download, streamed",
+                "parameters": DATA_QUERY,
+                "responses": {
+                    "200": {
+                        "description": "A header row, then one row per record (or batch); "
+                        "numbers with their stored digits, the payload as JSON text",
+                        "content": {"text/csv": {"schema": {"type": "string"}}},
+                    },
                     **_errors(422, 503),
                 },
             }
@@ -593,6 +625,31 @@ def build() -> J:
         "/docs/static/{name}": {
             "get": {
                 "summary": "Swagger UI's files, bundled",
+                "security": [],
+                "parameters": [
+                    {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
+                ],
+                "responses": {
+                    "200": {"description": "A file"},
+                    "404": _json(_ref("Error"), "Not found"),
+                },
+            }
+        },
+        "/": {
+            "get": {
+                "summary": "The web console (connectors, live data, stored data, system)",
+                "security": [],
+                "responses": {
+                    "200": {
+                        "description": "HTML",
+                        "content": {"text/html": {"schema": {"type": "string"}}},
+                    }
+                },
+            }
+        },
+        "/console/{name}": {
+            "get": {
+                "summary": "The console's script, styles and vendored chart",
                 "security": [],
                 "parameters": [
                     {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}

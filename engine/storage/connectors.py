@@ -157,18 +157,26 @@ def save_statuses(conn: Conn, statuses: list[ConnectorStatus]) -> None:
         )
 
 
+_STATUS_SELECT = (
+    "SELECT connector_id, status, messages_received, records_stored, messages_rejected,"
+    " control_messages, errors, reconnects, last_message_at, last_error, started_at,"
+    " messages_gap, records_duplicate, rejected_by_category, requests, skipped_ticks,"
+    " last_status_code, instance_id, updated_at FROM connector_status"
+)
+
+
 def get_status(conn: Conn, connector_id: str) -> ConnectorStatus | None:
     cur = conn.cursor(row_factory=dict_row)
-    cur.execute(
-        "SELECT connector_id, status, messages_received, records_stored, messages_rejected,"
-        " control_messages, errors, reconnects, last_message_at, last_error, started_at,"
-        " messages_gap, records_duplicate, rejected_by_category, requests, skipped_ticks,"
-        " last_status_code, instance_id, updated_at FROM connector_status"
-        " WHERE connector_id = %s",
-        (connector_id,),
-    )
+    cur.execute(_STATUS_SELECT + " WHERE connector_id = %s", (connector_id,))
     row = cur.fetchone()
     return ConnectorStatus(**row) if row else None
+
+
+def list_statuses(conn: Conn) -> list[ConnectorStatus]:
+    """Every connector's last persisted status (one query, for a table of them all)."""
+    cur = conn.cursor(row_factory=dict_row)
+    cur.execute(_STATUS_SELECT + " WHERE connector_id IN (SELECT connector_id FROM api_connectors)")
+    return [ConnectorStatus(**row) for row in cur.fetchall()]
 
 
 def status_names(conn: Conn) -> dict[str, str]:

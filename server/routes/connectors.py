@@ -76,6 +76,19 @@ async def list_connectors() -> Response:
     return json_response({"data": data, "count": len(data)})
 
 
+@bp.get("/api/connectors/statuses")
+async def connector_statuses() -> Response:
+    """Every connector's status in one answer (the console's table of them all): live for
+    those this process runs, else as last persisted by the instance that ran them."""
+    manager = engine().manager
+    statuses = {s.connector_id: s for s in await engine().db.run(sql.list_statuses)}
+    for connector_id in manager.known():
+        if connector_id in statuses:
+            statuses[connector_id] = manager.status(connector_id)
+    data = [status_json(s) for s in statuses.values()]
+    return json_response({"data": data, "count": len(data)})
+
+
 @bp.get("/api/connectors/<connector_id>")
 async def get_connector(connector_id: str) -> Response:
     spec = await _spec(connector_id)

@@ -130,6 +130,9 @@ async def realtime_over_http() -> Response:
     return response
 
 
+SUBPROTOCOL = "sluice"
+
+
 @bp.websocket("/api/realtime")
 async def realtime() -> Response | None:
     hub = engine().hub
@@ -142,7 +145,10 @@ async def realtime() -> Response | None:
     if hub.full:
         return detail(f"at most {hub.max_subscribers} realtime subscribers", 503)
     with hub.subscribe(initial, strings=strings) as sub:  # no await since the check: no race
-        await websocket.accept()
+        # A browser cannot send headers with an upgrade: the console offers the "sluice"
+        # subprotocol with its token beside it (server/app.py), and must be answered with it.
+        offered = websocket.requested_subprotocols
+        await websocket.accept(subprotocol=SUBPROTOCOL if SUBPROTOCOL in offered else None)
         await _send('{"type":"connected"}')
         replay = None
         if query.after_id is not None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import orjson
@@ -25,6 +25,7 @@ from engine.storage import queries
 
 from ..context import background, engine, json_body
 from ..contract import structure_query
+from ..csv_export import BATCH_CSV_COLUMNS, RECORD_CSV_COLUMNS, csv_rows, csv_values
 from ..responses import json_response
 from ..schemas import (
     DataFilterQuery,
@@ -35,6 +36,9 @@ from ..schemas import (
     record_json,
 )
 from ..validation import error, structure
+
+if TYPE_CHECKING:
+    from psycopg import sql
 
 bp = Blueprint("websocket_data", __name__)
 
@@ -151,9 +155,8 @@ def _filter(q: DataFilterQuery, after_id: int | None = None) -> tuple[queries.Da
     return f, q.collection_type == "batches"
 
 
-@bp.get("/api/websocket/data")
-async def websocket_data() -> Response:
-    q: DataQuery = structure_query(request.args, DataQuery)
+def _data_query(q: DataQuery) -> tuple[bool, str, tuple[sql.Composed, list[Any]]]:
+    """Whether batches are asked for, the sort column, and the SQL of one page."""
     f, batches = _filter(q, q.after_id)
     sort_by = q.sort_by or ("received_at" if batches else "timestamp")
     if batches and sort_by == "timestamp":
@@ -161,20 +164,39 @@ async def websocket_data() -> Response:
     allowed = queries.BATCH_SORTABLE if batches else queries.MESSAGE_SORTABLE
     if sort_by not in allowed:
         sort_by = "id"  # a column this collection does not have (documented)
-    limit, skip = q.limit, q.skip
-    strings = q.numbers == "string"
-    query, params = queries.data_query(f, batches=batches, sort_by=sort_by, limit=limit, skip=skip)
+    query = queries.data_query(f, batches=batches, sort_by=sort_by, limit=q.limit, skip=q.skip)
+    return batches, sort_by, query
+
+
+def _stream_rows(
+    query: tuple[sql.Composed, list[Any]],
+) -> trio.MemoryReceiveChannel[list[dict[str, Any]]]:
+    """Rows of ``query`` as they come from PostgreSQL, in chunks, read in the background
+    (a response body is consumed after the handler returns)."""
     send, receive = trio.open_memory_channel[list[dict[str, Any]]](1)
     db = engine().db
+
+    async def produce() -> None:
+        try:
+            await db.stream(*query, send)
+        except Exception:  # the client sees a truncated body; the log says why
+            current_app.logger.exception("streaming stored data failed")
+
+    background().start_soon(produce)
+    return receive
+
+
+@bp.get("/api/websocket/data")
+async def websocket_data() -> Response:
+    q: DataQuery = structure_query(request.args, DataQuery)
+    batches, sort_by, query = _data_query(q)
+    limit, skip = q.limit, q.skip
+    strings = q.numbers == "string"
 
     def to_json(row: dict[str, Any]) -> dict[str, Any]:
         return batch_json(row) if batches else record_json(row, strings=strings)
 
-    async def produce() -> None:
-        try:
-            await db.stream(query, params, send)
-        except Exception:  # the client sees a truncated body; the log says why
-            current_app.logger.exception("streaming /api/websocket/data failed")
+    receive = _stream_rows(query)
 
     async def body() -> AsyncIterator[bytes]:
         with receive:
@@ -189,8 +211,30 @@ async def websocket_data() -> Response:
             tail["next_after_id"] = last_id if count == limit and sort_by == "id" else None
             yield b"]," + orjson.dumps(tail)[1:]
 
-    background().start_soon(produce)
     return Response(body(), content_type="application/json")
+
+
+@bp.get("/api/websocket/data.csv")
+async def websocket_data_csv() -> Response:
+    """The same query as ``/api/websocket/data``, as CSV streamed row by row: one column
+    per record field (numbers with their stored digits), the raw payload as JSON text."""
+    q: DataQuery = structure_query(request.args, DataQuery)
+    batches, _, query = _data_query(q)
+    columns = BATCH_CSV_COLUMNS if batches else RECORD_CSV_COLUMNS
+    receive = _stream_rows(query)
+
+    async def body() -> AsyncIterator[bytes]:
+        with receive:
+            yield csv_rows([columns])
+            async for rows in receive:
+                yield csv_rows([csv_values(row, columns) for row in rows])
+
+    name = "batches" if batches else "records"
+    return Response(
+        body(),
+        content_type="text/csv; charset=utf-8",
+        headers={"Content-Disposition": f'attachment; filename="sluice-{name}.csv"'},
+    )
 
 
 @bp.get("/api/websocket/data/count")
