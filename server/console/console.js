@@ -851,7 +851,21 @@
       if (actors.ok) {
         const sections = [];
         for (const [name, value] of Object.entries(actors.data)) {
-          if (value && typeof value === "object" && !Array.isArray(value)) {
+          if (name === "channels" && value && typeof value === "object") {
+            // Backpressure at a glance: how full each pipeline channel is, and who waits.
+            sections.push(
+              h("h2", { text: "channels" }),
+              table(
+                [
+                  { label: "channel", value: (r) => r[0] },
+                  { label: "used / capacity", num: true, value: (r) => r[1].buffer_used + " / " + r[1].capacity },
+                  { label: "peak", num: true, value: (r) => r[1].peak },
+                  { label: "senders waiting", num: true, value: (r) => r[1].tasks_waiting_send },
+                ],
+                Object.entries(value)
+              )
+            );
+          } else if (value && typeof value === "object" && !Array.isArray(value)) {
             const flat = {};
             for (const [k, v] of Object.entries(value)) if (v === null || typeof v !== "object" || Array.isArray(v)) flat[k] = v;
             else if (Object.keys(v).length <= 12) flat[k] = v;
