@@ -17,17 +17,30 @@ to the thousandth subscriber write the first one's bytes (an identity check on t
 side, no extension negotiated, a whole message; client frames (masked), fragments and
 permessage-deflate frames go to wsproto's own code. The bytes on the wire are identical:
 ``tests/test_wsframes.py`` compares both for every length class and opcode.
+
+It also decides one thing of the handshake hypercorn makes: a client that asks for the
+``sluice`` subprotocol (the console does) gets no permessage-deflate even if it offers it.
+Browsers always offer it and cannot be told not to, and compressing every subscriber's
+stream separately cost the engine so much CPU that a console tab at 30,000 msg/s fell
+20,000 records behind and was cut off (``tests/test_console.py``); uncompressed, the
+frames it shares with other subscribers are also built once for all of them.
 """
 
 from __future__ import annotations
 
 import struct
 from collections import OrderedDict
+from collections.abc import Iterable
+from typing import Any
 
+from hypercorn.protocol.ws_stream import Handshake
 from wsproto.frame_protocol import FrameProtocol, Opcode
 
 _ORIGINAL = FrameProtocol._serialize_frame
 _ORIGINAL_SEND_DATA = FrameProtocol.send_data
+_ORIGINAL_ACCEPT = Handshake.accept
+#: The subprotocol that asks for uncompressed frames (and carries the console's token).
+SUBPROTOCOL = "sluice"
 RECENT_FRAMES = 16
 # id(text) -> (text, frame): the text is kept, so its id cannot be reused while listed.
 _recent: OrderedDict[int, tuple[str, bytes | bytearray]] = OrderedDict()
@@ -72,11 +85,25 @@ def _send_data(
     return frame
 
 
+def _accept(
+    self: Handshake, subprotocol: str | None, additional_headers: Iterable[tuple[bytes, bytes]]
+) -> Any:
+    if subprotocol != SUBPROTOCOL:
+        return _ORIGINAL_ACCEPT(self, subprotocol, additional_headers)
+    offered, self.extensions = self.extensions, None  # decline permessage-deflate
+    try:
+        return _ORIGINAL_ACCEPT(self, subprotocol, additional_headers)
+    finally:
+        self.extensions = offered
+
+
 def install() -> None:
-    """Use the one-copy serializer for every wsproto connection in this process."""
+    """Use the one-copy serializer for every wsproto connection in this process, and no
+    compression for clients of the ``sluice`` subprotocol."""
     # wsproto declares bytearray; its one caller, Connection.send, takes any bytes.
     FrameProtocol._serialize_frame = _serialize_frame  # type: ignore[method-assign,assignment]
     FrameProtocol.send_data = _send_data  # type: ignore[method-assign,assignment]
+    Handshake.accept = _accept  # type: ignore[method-assign]
 
 
 def original(

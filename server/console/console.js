@@ -8,8 +8,6 @@
 (function () {
   const TOKEN_KEY = "sluice.token";
   const TAIL_ROWS = 200; // rows kept in a live tail
-  const CHART_SECONDS = 300; // the price chart shows the last five minutes
-  const CHART_POINTS = 5000; // and at most this many points per series
   const REFRESH_MS = 2000;
 
   // ---- small helpers -------------------------------------------------------------------
@@ -69,12 +67,6 @@
     let binary = "";
     for (const b of bytes) binary += String.fromCharCode(b);
     return btoa(binary).replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
-  }
-
-  function realtime(query) {
-    const scheme = location.protocol === "https:" ? "wss:" : "ws:";
-    const protocols = token() ? ["sluice", "bearer." + b64url(token())] : ["sluice"];
-    return new WebSocket(scheme + "//" + location.host + "/api/realtime?" + query, protocols);
   }
 
   function fmtNumber(n) {
@@ -460,6 +452,8 @@
     const errs = h("div");
     const dead = h("div");
     const stops = [];
+    const chartHolder = h("div", { id: "chart" });
+    const chartSelect = h("select", { id: "chart-instrument" });
 
     async function act(action) {
       const r = await api("POST", path + "/" + action);
@@ -476,8 +470,13 @@
         h("a", { class: "button", href: "#/connectors/" + encodeURIComponent(id) + "/edit", text: "Edit" })
       ),
       cards,
-      h("div", { class: "split" }, h("div", { class: "panel" }, h("h2", { text: "Accounting" }), accounting), h("div", { class: "panel" }, h("h2", { text: "Price" }), chartPanel(id, stops))),
-      tailPanel(id, stops),
+      h(
+        "div",
+        { class: "split" },
+        h("div", { class: "panel" }, h("h2", { text: "Accounting" }), accounting),
+        h("div", { class: "panel" }, h("h2", { text: "Price" }), h("div", { class: "toolbar" }, h("span", { class: "muted", text: "instrument" }), chartSelect), chartHolder)
+      ),
+      tailPanel(id, stops, chartHolder, chartSelect),
       h("div", { class: "split" }, h("div", { class: "panel" }, h("h2", { text: "Gaps" }), gaps), h("div", { class: "panel" }, h("h2", { text: "Errors" }), errs)),
       h("div", { class: "panel" }, h("h2", { text: "Dead letters" }), dead)
     );
@@ -558,29 +557,39 @@
     return () => stops.forEach((stop) => stop());
   }
 
-  // A live tail of one connector's records: batch frames, drawn at most once per animation
-  // frame, at most TAIL_ROWS rows kept.
-  function tailPanel(id, stops) {
+  // A live tail of one connector's records and its price chart. The realtime socket lives
+  // in a worker (tail-worker.js) that parses the feed and posts what changed five times a
+  // second, so a 30,000 msg/s feed never takes the page's main thread; the page keeps at
+  // most TAIL_ROWS rows and redraws the chart (uPlot) with the worker's bucketed series.
+  function tailPanel(id, stops, chartHolder, chartSelect) {
     const body = h("tbody", { id: "tail-rows" });
-    const state = { paused: false, instrument: "", type: "" };
     const pauseButton = h("button", { id: "pause", text: "Pause" });
     const counter = h("span", { class: "muted", id: "tail-count", text: "0 records" });
-    let received = 0;
+    const worker = new Worker("/console/tail-worker.js");
+    let paused = false;
+    const filter = { instrument: "", type: "" };
     pauseButton.addEventListener("click", () => {
-      state.paused = !state.paused;
-      pauseButton.textContent = state.paused ? "Resume" : "Pause";
+      paused = !paused;
+      pauseButton.textContent = paused ? "Resume" : "Pause";
+      worker.postMessage({ paused });
     });
-    const instrument = h("input", { placeholder: "instrument", id: "tail-instrument", oninput: (e) => (state.instrument = e.target.value.trim()) });
-    const type = h("input", { placeholder: "type", id: "tail-type", oninput: (e) => (state.type = e.target.value.trim()) });
-    let pending = [];
-    let scheduled = false;
+    const instrument = h("input", {
+      placeholder: "instrument",
+      id: "tail-instrument",
+      oninput: (e) => worker.postMessage({ filter: Object.assign(filter, { instrument: e.target.value.trim() }) }),
+    });
+    const type = h("input", {
+      placeholder: "type",
+      id: "tail-type",
+      oninput: (e) => worker.postMessage({ filter: Object.assign(filter, { type: e.target.value.trim() }) }),
+    });
+    chartSelect.addEventListener("change", () => worker.postMessage({ chosen: chartSelect.value }));
+    let chart = null;
 
-    function draw() {
-      scheduled = false;
-      const fresh = pending.slice(-TAIL_ROWS).reverse();
-      pending = [];
+    function rows(records) {
       const fragment = document.createDocumentFragment();
-      for (const r of fresh) {
+      for (let i = records.length - 1; i >= 0; i--) {
+        const r = records[i];
         fragment.append(
           h(
             "tr",
@@ -597,33 +606,50 @@
       }
       body.prepend(fragment);
       while (body.childElementCount > TAIL_ROWS) body.lastElementChild.remove();
-      counter.textContent = fmtNumber(received) + " records";
     }
 
-    const socket = realtime("connector_id=" + encodeURIComponent(id) + "&batch=true&numbers=string");
-    socket.addEventListener("message", (event) => {
-      const frame = JSON.parse(event.data);
-      const records = frame.type === "data_batch" ? frame.records : frame.type === "data_update" ? [frame] : [];
-      received += records.length;
-      for (const listener of tailListeners) listener(records);
-      if (state.paused || !records.length) return;
-      for (const r of records) {
-        if (state.instrument && r.instrument !== state.instrument) continue;
-        if (state.type && r.message_type !== state.type) continue;
-        pending.push(r);
+    function draw(data) {
+      if (typeof uPlot === "undefined") return;
+      if (chart) return chart.setData(data);
+      chart = new uPlot(
+        {
+          width: Math.max(300, chartHolder.clientWidth || 500),
+          height: 260,
+          scales: { x: { time: true } },
+          axes: [{}, { size: 80 }], // room for prices such as 43,210.5
+          series: [
+            {},
+            { label: "trade", stroke: "#1f6feb", width: 0, points: { show: true, size: 4, fill: "#1f6feb" } },
+            { label: "bid", stroke: "#1a7f37", width: 1, spanGaps: true, points: { show: false } },
+            { label: "ask", stroke: "#cf222e", width: 1, spanGaps: true, points: { show: false } },
+          ],
+        },
+        data,
+        chartHolder
+      );
+    }
+
+    worker.onmessage = (event) => {
+      const m = event.data;
+      if (m.closed !== undefined) {
+        if (m.closed !== 1000 && m.closed !== 1001) notice("The live tail closed (" + m.closed + "); reload to reconnect.", true);
+        return;
       }
-      if (pending.length > TAIL_ROWS) pending = pending.slice(-TAIL_ROWS);
-      if (!scheduled) {
-        scheduled = true;
-        requestAnimationFrame(draw);
+      counter.textContent = fmtNumber(m.received) + " records";
+      if (m.rows) rows(m.rows);
+      if (m.instruments) {
+        for (const name of m.instruments.slice(chartSelect.options.length)) chartSelect.append(h("option", { value: name, text: name }));
+        if (!chartSelect.value) chartSelect.value = m.chosen;
       }
-    });
-    socket.addEventListener("close", (event) => {
-      if (event.code !== 1000 && event.code !== 1001) notice("The live tail closed (" + event.code + "); reload to reconnect.", true);
-    });
+      if (m.chart) draw(m.chart);
+    };
+    const scheme = location.protocol === "https:" ? "wss:" : "ws:";
+    const protocols = token() ? ["sluice", "bearer." + b64url(token())] : ["sluice"];
+    const query = "connector_id=" + encodeURIComponent(id) + "&batch=true&numbers=string";
+    worker.postMessage({ open: { url: scheme + "//" + location.host + "/api/realtime?" + query, protocols } });
     stops.push(() => {
-      tailListeners.length = 0;
-      socket.close(1000);
+      worker.terminate();
+      if (chart) chart.destroy();
     });
     return h(
       "div",
@@ -640,84 +666,6 @@
         )
       )
     );
-  }
-
-  const tailListeners = [];
-
-  // The price chart: per instrument, trades as points and best bid/ask as lines, the last
-  // CHART_SECONDS, redrawn at most four times a second.
-  function chartPanel(id, stops) {
-    const holder = h("div", { id: "chart" });
-    const select = h("select", { id: "chart-instrument" });
-    const series = new Map(); // instrument -> {t: [], trade: [], bid: [], ask: []}
-    let chart = null;
-    let dirty = false;
-
-    function push(s, t, trade, bid, ask) {
-      s.t.push(t);
-      s.trade.push(trade);
-      s.bid.push(bid);
-      s.ask.push(ask);
-      const oldest = t - CHART_SECONDS;
-      let drop = 0;
-      while (drop < s.t.length && (s.t[drop] < oldest || s.t.length - drop > CHART_POINTS)) drop++;
-      if (drop) for (const key of ["t", "trade", "bid", "ask"]) s[key].splice(0, drop);
-    }
-
-    const num = (v) => (v === null || v === undefined || v === "" ? null : Number(v));
-
-    tailListeners.push((records) => {
-      for (const r of records) {
-        if (!r.instrument) continue;
-        let s = series.get(r.instrument);
-        if (!s) {
-          s = { t: [], trade: [], bid: [], ask: [] };
-          series.set(r.instrument, s);
-          select.append(h("option", { value: r.instrument, text: r.instrument }));
-          if (!select.value) select.value = r.instrument;
-        }
-        const t = Date.parse(r.timestamp) / 1000;
-        const isTrade = r.message_type === "trade";
-        push(s, t, isTrade ? num(r.price) : null, num(r.bid_price), num(r.ask_price));
-        if (r.instrument === select.value) dirty = true;
-      }
-    });
-
-    function redraw() {
-      if (!dirty || typeof uPlot === "undefined") return;
-      dirty = false;
-      const s = series.get(select.value);
-      if (!s) return;
-      const data = [s.t, s.trade, s.bid, s.ask];
-      if (!chart) {
-        chart = new uPlot(
-          {
-            width: Math.max(300, holder.clientWidth || 500),
-            height: 260,
-            scales: { x: { time: true } },
-            axes: [{}, { size: 80 }], // room for prices such as 43,210.5
-            series: [
-              {},
-              { label: "trade", stroke: "#1f6feb", width: 0, points: { show: true, size: 4, fill: "#1f6feb" } },
-              { label: "bid", stroke: "#1a7f37", width: 1, spanGaps: true, points: { show: false } },
-              { label: "ask", stroke: "#cf222e", width: 1, spanGaps: true, points: { show: false } },
-            ],
-          },
-          data,
-          holder
-        );
-      } else chart.setData(data);
-    }
-
-    select.addEventListener("change", () => {
-      dirty = true;
-    });
-    const timer = setInterval(redraw, 250);
-    stops.push(() => {
-      clearInterval(timer);
-      if (chart) chart.destroy();
-    });
-    return h("div", {}, h("div", { class: "toolbar" }, h("span", { class: "muted", text: "instrument" }), select), holder);
   }
 
   // ---- stored data ---------------------------------------------------------------------

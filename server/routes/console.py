@@ -15,7 +15,9 @@ from ..responses import detail
 bp = Blueprint("console", __name__)
 
 FILES = Path(__file__).resolve().parent.parent / "console"
-ASSETS = frozenset({"console.js", "console.css", "uPlot.iife.min.js", "uPlot.min.css"})
+ASSETS = frozenset(
+    {"console.js", "console.css", "tail-worker.js", "uPlot.iife.min.js", "uPlot.min.css"}
+)
 
 
 def _csp() -> str:

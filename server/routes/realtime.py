@@ -35,6 +35,7 @@ from quart import Blueprint, Response, websocket
 
 from engine.hub import Filter, Notice, Subscription, catch_up
 
+from .. import wsframes
 from ..context import engine, json_body
 from ..contract import structure_query
 from ..responses import detail, json_response
@@ -130,9 +131,6 @@ async def realtime_over_http() -> Response:
     return response
 
 
-SUBPROTOCOL = "sluice"
-
-
 @bp.websocket("/api/realtime")
 async def realtime() -> Response | None:
     hub = engine().hub
@@ -146,9 +144,11 @@ async def realtime() -> Response | None:
         return detail(f"at most {hub.max_subscribers} realtime subscribers", 503)
     with hub.subscribe(initial, strings=strings) as sub:  # no await since the check: no race
         # A browser cannot send headers with an upgrade: the console offers the "sluice"
-        # subprotocol with its token beside it (server/app.py), and must be answered with it.
+        # subprotocol with its token beside it (server/app.py), and must be answered with
+        # it; it also means uncompressed frames (server/wsframes.py).
         offered = websocket.requested_subprotocols
-        await websocket.accept(subprotocol=SUBPROTOCOL if SUBPROTOCOL in offered else None)
+        protocol = wsframes.SUBPROTOCOL if wsframes.SUBPROTOCOL in offered else None
+        await websocket.accept(subprotocol=protocol)
         await _send('{"type":"connected"}')
         replay = None
         if query.after_id is not None:
