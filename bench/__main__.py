@@ -522,6 +522,11 @@ def main(argv: list[str] | None = None) -> int:
         "--profile", metavar="DIR", help="record a py-spy flame graph of the engine per scenario"
     )
     parser.add_argument(
+        "--raw-profile",
+        action="store_true",
+        help="with --profile: collapsed stacks (.txt) instead of flame graphs, for reading",
+    )
+    parser.add_argument(
         "--report",
         action="store_true",
         help="only rewrite RESULTS.md from the measurements of the last run (results.json)",
@@ -569,7 +574,8 @@ def main(argv: list[str] | None = None) -> int:
             http = http_client_ceiling(rest[0].rest_connectors, 3 if args.smoke else 15)
             baselines.update({f"http_{k}": v for k, v in http.items()})
         for scenario, target in plan:
-            profile = f"{args.profile}/{scenario.key}.svg" if args.profile else None
+            suffix = "txt" if args.raw_profile else "svg"
+            profile = f"{args.profile}/{scenario.key}.{suffix}" if args.profile else None
             rows.append((scenario, target, run_scenario(admin, scenario, progress, profile)))
     command = (
         "python -m bench" + (" --full" if args.full else "") + (" --smoke" if args.smoke else "")

@@ -90,3 +90,32 @@ def test_a_shared_text_is_framed_once_and_never_confused() -> None:
     assert server.send_data("part", fin=False)[0] == 0x01
     assert server.send_data("end", fin=True)[0] == 0x80  # continuation, FIN
     assert server.send_data(b"\x00")[0] == 0x82
+
+
+@pytest.mark.parametrize(
+    ("protocols", "compressed"), [(None, True), ("sluice", False), ("other, sluice", False)]
+)
+def test_the_sluice_subprotocol_declines_compression(
+    protocols: str | None, compressed: bool
+) -> None:
+    """Browsers always offer permessage-deflate; a client of the ``sluice`` subprotocol
+    (the console) is answered without it, everyone else as hypercorn would."""
+    from hypercorn.protocol.ws_stream import Handshake
+
+    headers = [
+        (b"connection", b"Upgrade"),
+        (b"upgrade", b"websocket"),
+        (b"sec-websocket-key", b"dGhlIHNhbXBsZSBub25jZQ=="),
+        (b"sec-websocket-version", b"13"),
+        (b"sec-websocket-extensions", b"permessage-deflate; client_max_window_bits"),
+    ]
+    if protocols:
+        headers.append((b"sec-websocket-protocol", protocols.encode()))
+    handshake = Handshake(headers, "1.1")
+    chosen = "sluice" if protocols else None
+    _, answer, connection = handshake.accept(chosen, [])
+    names = {name for name, _ in answer}
+    assert (b"sec-websocket-extensions" in names) is compressed
+    assert bool(connection._proto.extensions) is compressed
+    # The offer itself is left as it was (hypercorn may read it again).
+    assert handshake.extensions == ["permessage-deflate; client_max_window_bits"]
