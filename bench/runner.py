@@ -36,6 +36,7 @@ import trio
 from psycopg import sql
 
 from engine.config import Settings
+from engine.models import evolve_record
 from engine.normalize import Context, decode, normalizer_for
 from engine.storage import Database
 from engine.storage import cluster as cluster_sql
@@ -113,7 +114,7 @@ def announce_cost(dsn: str, n: int, batch: int = 500) -> dict[str, float]:
             for round_ in range(3):
                 for announce in (False, True):
                     chunk = records[round_ * n // 3 : (round_ + 1) * n // 3]
-                    chunk = [attrs.evolve(r, dedup_key=f"{r.dedup_key}:{announce}") for r in chunk]
+                    chunk = [evolve_record(r, dedup_key=f"{r.dedup_key}:{announce}") for r in chunk]
                     started = time.perf_counter()
                     for i in range(0, len(chunk), batch):
                         await db.sink(

@@ -14,7 +14,7 @@ import attrs
 import orjson
 
 from .errors import BadMessage
-from .models import Record
+from .models import Record, evolve_record
 from .normalize import Context, Control, Normalizer, normalizer_for
 from .normalize.common import decimal_text, epoch_to_datetime, make_record, text_field
 
@@ -79,7 +79,7 @@ def records_from_message(
         extra = dict(changes)
         if idempotency_key is not None:
             extra["dedup_key"] = f"k:{idempotency_key}:{i}"
-        records.append(attrs.evolve(record, **extra) if extra else record)
+        records.append(evolve_record(record, **extra) if extra else record)
     return records
 
 

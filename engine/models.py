@@ -1,4 +1,6 @@
-"""The values that travel between actors and into storage. All frozen attrs classes.
+"""The values that travel between actors and into storage. All frozen: attrs classes, and
+:class:`Record` a msgspec ``Struct`` (built in C: 0.14 µs instead of attrs' 1.1 µs, the
+largest single cost of normalizing a trade, measured in ``bench``).
 
 Field names on the wire are decided in ``server.schemas``; these classes have no
 serialization methods.
@@ -11,6 +13,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 import attrs
+import msgspec
 
 Protocol = Literal["websocket", "rest"]
 
@@ -58,14 +61,16 @@ class ConnectorSpec:
     secret_names: dict[str, list[str]] = attrs.field(factory=dict)
 
 
-@attrs.frozen(slots=True)
-class Record:
+class Record(msgspec.Struct, frozen=True, gc=False):
     """One normalized market-data record, ready to be stored.
 
     ``price`` and ``size`` are the source's own decimal digits (checked to be finite
     decimals), never a float. ``data`` is the record's raw JSON payload as UTF-8 bytes.
     ``dedup_key`` makes a retried insert idempotent: the source's trade id where it has one,
     else a hash of the payload and its receive time.
+
+    Immutable; :func:`evolve_record` makes a changed copy. ``gc=False``: a record holds
+    only strings, numbers, times and bytes, never a cycle, so the collector skips it.
     """
 
     connector_id: str | None
@@ -95,6 +100,14 @@ class Record:
     #: A saved message's ``messageNumber`` and ``format``, as the client sent them.
     message_number: int | None = None
     format: str | None = None
+
+
+def evolve_record(record: Record, **changes: Any) -> Record:
+    """``record`` with ``changes`` (the ``attrs.evolve`` of a Record)."""
+    return msgspec.structs.replace(record, **changes)
+
+
+RECORD_FIELDS: tuple[str, ...] = Record.__struct_fields__
 
 
 @attrs.frozen(slots=True)

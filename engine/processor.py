@@ -24,8 +24,17 @@ import attrs
 import trio
 
 from .errors import BadMessage
-from .models import ErrorEvent, Journal, Record, Rejected, SourceBatch, no_journal
+from .models import (
+    ErrorEvent,
+    Journal,
+    Record,
+    Rejected,
+    SourceBatch,
+    evolve_record,
+    no_journal,
+)
 from .normalize import Context, Control, decode, normalizer_for
+from .normalize.fast import FAST_PATHS
 
 logger = logging.getLogger(__name__)
 
@@ -93,12 +102,19 @@ class Processor:
             counters = self._sources[batch.connector_id] = SourceCounters()
         ctx = Context(batch.connector_id, batch.exchange, batch.session_id)
         normalize = batch.normalizer or normalizer_for(batch.exchange)
+        # A connector with a field mapping has its own normalizer: never the fast path.
+        fast = None if batch.normalizer else FAST_PATHS.get(batch.exchange)
         records: list[Record] = []
         last_ts, received_at = None, None
         for frame, ts in zip(batch.frames, batch.received_at, strict=True):
             if ts != last_ts:  # frames from one socket read share their receive time
                 last_ts, received_at = ts, datetime.fromtimestamp(ts, UTC)
             assert received_at is not None
+            if fast is not None and type(frame) is bytes:
+                done = fast(frame, ctx, received_at)
+                if done is not None:
+                    records += done
+                    continue
             try:
                 msg, raw = decode(frame)
                 result = normalize(msg, raw, ctx, received_at)
@@ -125,7 +141,7 @@ class Processor:
             records.extend(result)
         if batch.source == "rest" and records:
             records = [
-                attrs.evolve(
+                evolve_record(
                     r,
                     source="rest",
                     status_code=batch.status_code,

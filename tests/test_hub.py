@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from zoneinfo import ZoneInfo
 
 import orjson
 import trio
+from hypothesis import given
+from hypothesis import strategies as st
 
 from engine.hub import (
     CATCH_UP_RECORDS,
@@ -17,6 +20,8 @@ from engine.hub import (
     Frames,
     Notice,
     catch_up,
+    encode_event,
+    encode_events,
 )
 from engine.models import Record, StoredRecord
 
@@ -179,3 +184,51 @@ def test_a_subscriber_behind_sends_big_batches_shared_and_joins_small_ones() -> 
     assert [len(orjson.loads(t)["records"]) for t in joined] == [CATCH_UP_RECORDS, 50]
     every = [r["id"] for t in joined for r in orjson.loads(t)["records"]]
     assert every == list(range(10 * len(many)))
+
+
+_texts = st.one_of(st.none(), st.text(max_size=8), st.sampled_from(["BTCUSDT", "buy", 'x"y\\z']))
+_decimals = st.one_of(
+    st.none(), st.from_regex(r"-?(0|[1-9][0-9]{0,6})(\.[0-9]{1,6})?", fullmatch=True)
+)
+_times = st.datetimes(
+    min_value=datetime(1971, 1, 1),
+    max_value=datetime(2100, 1, 1),
+    timezones=st.sampled_from([UTC, ZoneInfo("Etc/UTC")]),
+)
+
+
+@given(
+    st.lists(
+        st.builds(
+            Record,
+            connector_id=_texts,
+            exchange=st.sampled_from(["binance", "okx", "custom"]),
+            instrument=_texts,
+            price=_decimals,
+            size=_decimals,
+            side=_texts,
+            message_type=st.sampled_from(["trade", "ticker", "book_delta"]),
+            timestamp=_times,
+            received_at=_times,
+            data=st.sampled_from([b"{}", b'{"a":"\\u00e9","b":[1,2.5]}', b"[1]"]),
+            dedup_key=st.just("k"),
+            source=st.sampled_from(["websocket", "websocket", "rest"]),
+            bid_price=_decimals,
+            status_code=st.sampled_from([None, 200]),
+            response_time_ms=st.sampled_from([None, 12.5, 1e-7]),
+            source_id=st.one_of(
+                st.none(), st.text(max_size=6), st.from_regex(r"[0-9]{1,12}", fullmatch=True)
+            ),
+            session_id=_texts,
+        ),
+        max_size=6,
+    ),
+    st.booleans(),
+)
+def test_batch_encoding_is_byte_for_byte_the_per_record_encoding(
+    records: list[Record], strings: bool
+) -> None:
+    items = [StoredRecord(id=i + 1, record=r) for i, r in enumerate(records)]
+    assert encode_events(items, strings=strings) == [
+        encode_event(item, strings=strings) for item in items
+    ]

@@ -12,7 +12,7 @@ import pytest
 import trio
 
 from engine.config import Settings
-from engine.models import ConnectorSpec, Record, StoredRecord
+from engine.models import ConnectorSpec, Record, StoredRecord, evolve_record
 from engine.retention import Retention
 from engine.storage import Database, migrations
 from engine.storage.connectors import insert_connector
@@ -160,7 +160,7 @@ async def test_retention_deletes_old_rows_in_batches_honouring_connector_policy(
     recent = datetime.now(UTC)
 
     def make(n: int, connector: str, when: datetime) -> Record:
-        return attrs.evolve(record(n), connector_id=connector, timestamp=when)
+        return evolve_record(record(n), connector_id=connector, timestamp=when)
 
     async with Database.open(settings) as db:
         await db.run(

@@ -6,12 +6,11 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-import attrs
 import orjson
 
-from ..models import Record
+from ..models import RECORD_FIELDS, Record
 
-_FIELDS = [a.name for a in attrs.fields(Record) if a.name != "data"]
+_FIELDS = [name for name in RECORD_FIELDS if name != "data"]
 
 
 def encode_records(records: list[Record]) -> bytes:
