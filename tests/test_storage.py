@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 
 import attrs
+import orjson
 import psycopg
 import pytest
 import trio
@@ -50,7 +51,7 @@ async def test_migrations_are_idempotent(settings: Settings) -> None:
 async def test_insert_is_exact_and_idempotent(
     settings: Settings, database_dsn: str, filler: int
 ) -> None:
-    # A few rows take one INSERT … VALUES; more than SMALL_BATCH go by binary COPY.
+    # A few rows take one INSERT … VALUES; more than SMALL_BATCH go by COPY (text format).
     extra = [record(1000 + i) for i in range(filler)]
     async with Database.open(settings) as db:
         batch = [record(1), record(2, price="42219.90"), *extra]
@@ -186,3 +187,54 @@ async def test_retention_deletes_old_rows_in_batches_honouring_connector_policy(
             "SELECT connector_id, count(*) FROM websocket_messages GROUP BY 1 ORDER BY 1"
         ).fetchall()
     assert left == [("conn_a", 5), ("conn_keep", 3)]
+
+
+@pytest.mark.parametrize("source", ["websocket", "rest"])
+async def test_copy_keeps_every_character_and_value_exactly(
+    settings: Settings, database_dsn: str, source: str
+) -> None:
+    """COPY's text format escapes what it must: backslashes, tabs, newlines and carriage
+    returns in any text column and in a pretty-printed payload come back as sent, with
+    numbers, times (to the microsecond), NULLs and the REST columns."""
+    nasty = 'a\\b\tc\nd\re "q" é \\N'
+    payload = b'{\n\t"s": "x\\\\y\\ttab \\u00e9",\r\n  "n": [1, 2.50, null]\n}'
+    when = datetime(2026, 12, 5, 1, 2, 3, 456789, tzinfo=UTC)
+    batch = [
+        evolve_record(
+            record(i),
+            instrument=nasty if i % 2 else None,
+            side=None,
+            source_id=nasty + str(i),
+            dedup_key=f"{nasty}:{i}",
+            data=payload,
+            timestamp=when,
+            bid_price="-0.000000010",
+            source=source,
+            status_code=200 if source == "rest" else None,
+            response_time_ms=0.1 + 0.2 if source == "rest" else None,
+            format=nasty if source == "websocket" else None,
+            message_number=7 if source == "websocket" else None,
+        )
+        for i in range(SMALL_BATCH + 1)  # past SMALL_BATCH: the COPY path
+    ]
+    async with Database.open(settings) as db:
+        stored, duplicates = await db.run(insert_records, batch)
+    assert (len(stored), duplicates) == (len(batch), 0)
+    table = "websocket_messages" if source == "websocket" else "api_connector_data"
+    extra = "format, message_number" if source == "websocket" else "status_code, response_time_ms"
+    with psycopg.connect(database_dsn) as conn:
+        rows = conn.execute(
+            f"SELECT instrument, side, source_id, dedup_key, data::text, data, timestamp,"
+            f" bid_price::text, price::text, {extra} FROM {table} ORDER BY id"
+        ).fetchall()
+    for i, row in enumerate(rows):
+        assert row[0] == (nasty if i % 2 else None)
+        assert row[1] is None
+        assert (row[2], row[3]) == (nasty + str(i), f"{nasty}:{i}")
+        assert row[5] == orjson.loads(payload)
+        assert row[6] == when
+        assert (row[7], row[8]) == ("-0.000000010", "1.10")
+        if source == "websocket":
+            assert (row[9], row[10]) == (nasty, 7)
+        else:
+            assert (row[9], row[10]) == (200, 0.1 + 0.2)
