@@ -43,8 +43,10 @@ lint: setup
 # Format, lint, type-check and test: run before every commit.
 check: fmt lint test
 
-# Run the benchmarks (short versions; pass --full for the long ones).
+# Run the benchmarks (short versions; pass --full for the long ones). Adds the bench extra
+# (cryptofeed, the peer measured in every run) to ./.venv.
 bench *args: setup
+    {{bin}}/python -m pip install --quiet -e '.[dev,bench]'
     {{bin}}/python -m bench "$@"
 
 # Apply database migrations.

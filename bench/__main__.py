@@ -17,6 +17,7 @@ from typing import Any
 import attrs
 import orjson
 
+from .cryptofeed_peer import cryptofeed_baseline
 from .runner import (
     STORE_BATCH,
     Progress,
@@ -57,9 +58,10 @@ def scenarios(full: bool) -> list[tuple[Scenario, Target | None]]:
         (
             Scenario("max-1", "max rate, 1 connection, 1 subscriber (batch frames)", n),
             Target(
-                "≥ 15× naive and ≥ 80,000 msg/s",
+                "≥ 15× naive, ≥ 4× cryptofeed and ≥ 80,000 msg/s",
                 lambda r, b: (
-                    r["committed_per_s"] >= max(15 * b["naive"], 80_000)
+                    r["committed_per_s"]
+                    >= max(15 * b["naive"], 4 * b.get("cryptofeed_msgs", 0), 80_000)
                     and r["received_min"] >= r["expected"]
                 ),
             ),
@@ -249,6 +251,17 @@ def fmt(value: Any, spec: str = ",.0f") -> str:
     return format(value, spec)
 
 
+def peer_baseline(admin: str, count: int) -> dict[str, float]:
+    """cryptofeed on the same PostgreSQL server and the same count as the max-rate
+    scenarios, or a note that the ``bench`` extra is missing."""
+    try:
+        import cryptofeed  # noqa: F401
+    except ImportError:
+        return {"cryptofeed_missing": 1.0}
+    with fresh_database(admin) as dsn:
+        return {f"cryptofeed_{k}": v for k, v in cryptofeed_baseline(dsn, count).items()}
+
+
 def report(
     command: str,
     baselines: dict[str, float],
@@ -272,6 +285,19 @@ def report(
         f"| {store:,.0f} rows/s |",
         f"| transport ceiling: receive + parse only, no storage | {transport:,.0f} msg/s |",
     ]
+    if "cryptofeed_msgs" in baselines:
+        lines.append(
+            f"| peer: cryptofeed 2.4.1 with its PostgreSQL backend, the same "
+            f"{baselines['cryptofeed_count']:,.0f} firehose trades (combined-stream aggTrade) "
+            f"into the same server, at full speed (`bench/cryptofeed_peer.py`) "
+            f"| {baselines['cryptofeed_msgs']:,.0f} msg/s; {baselines['cryptofeed_us']:.1f} µs "
+            f"CPU per message, PostgreSQL {baselines['cryptofeed_pg_us']:.1f} µs |"
+        )
+    elif "cryptofeed_missing" in baselines:
+        lines.append(
+            "| peer: cryptofeed | not measured: the `bench` extra is not installed "
+            "(`just bench` installs it) |"
+        )
     if "announce_plain_commits_per_s" in baselines:
         plain, notify = (
             baselines["announce_plain_commits_per_s"],
@@ -383,7 +409,10 @@ def report(
 
 
 def _measured(r: dict[str, Any], b: dict[str, float]) -> str:
-    parts = [f"{fmt(r['committed_per_s'])} msg/s ({r['committed_per_s'] / b['naive']:.1f}× naive)"]
+    ratios = f"{r['committed_per_s'] / b['naive']:.1f}× naive"
+    if b.get("cryptofeed_msgs") and r.get("max_rate"):
+        ratios += f", {r['committed_per_s'] / b['cryptofeed_msgs']:.1f}× cryptofeed"
+    parts = [f"{fmt(r['committed_per_s'])} msg/s ({ratios})"]
     if finite(r["p99_ms"]):
         parts.append(f"p99 {r['p99_ms']:.0f} ms")
     if r["expected"] and finite(r["p99_ms"]):
@@ -561,6 +590,10 @@ def main(argv: list[str] | None = None) -> int:
             }
             baselines.update({f"announce_{k}": v for k, v in announce_cost(dsn, n).items()})
         baselines["transport"] = transport_ceiling(n)
+        peer_count = max((s.count for s, _ in plan if not s.rate and s.count), default=0)
+        if peer_count:
+            progress.done(f"baseline: cryptofeed, {peer_count:,} firehose trades …")
+            baselines.update(peer_baseline(admin, peer_count))
         baselines.update({f"normalize_{k}": v for k, v in normalize_cost().items()})
         baselines.update({f"speed_{k}": v for k, v in machine_speed().items()})
         fans = [s for s, _ in plan if s.subscribers >= 100]

@@ -4,6 +4,8 @@ One loopback port serves three things:
 
 * ``ws://…/binance`` (or ``/``): Binance-format trade events, one per frame;
 * ``ws://…/okx``: OKX ``trades`` messages, ``--okx-batch`` trades per message;
+* ``ws://…/stream?streams=btcusdt@aggTrade``: Binance combined-stream ``aggTrade`` events
+  (``{"stream", "data"}``), the shape cryptofeed's Binance feed consumes (its peer run);
 * ``http://…/rest``: a JSON list of ``--rest-records`` trades per GET, for REST pollers.
 
 Every trade carries its send time in ``"x"`` (epoch seconds, float) so a subscriber can
@@ -26,6 +28,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
+from functools import partial
 from urllib.parse import parse_qs, urlsplit
 
 import attrs
@@ -42,6 +45,10 @@ MAX_CHUNK = 200
 BINANCE = (
     '{"e":"trade","E":%d,"s":"BTCUSDT","t":%d,"p":"42%03d.%02d","q":"0.00100000",'
     '"T":%d,"m":%s,"x":%.6f}'
+)
+BINANCE_AGG = (
+    '{"stream":"btcusdt@aggTrade","data":{"e":"aggTrade","E":%d,"s":"BTCUSDT","a":%d,'
+    '"p":"42%03d.%02d","q":"0.00100000","f":%d,"l":%d,"T":%d,"m":%s,"M":true,"x":%.6f}}'
 )
 OKX_HEAD = '{"arg":{"channel":"trades","instId":"BTC-USDT"},"data":['
 OKX_TRADE = (
@@ -71,6 +78,21 @@ def binance_chunk(first: int, n: int) -> bytes:
     return b"".join(frame(binance_trade(i, ms, now).encode()) for i in range(first, first + n))
 
 
+def binance_agg_chunk(first: int, n: int) -> bytes:
+    """Trades as combined-stream aggTrade events (one trade per aggregate)."""
+    now = time.time()
+    ms = int(now * 1000)
+    return b"".join(
+        frame(
+            (
+                BINANCE_AGG
+                % (ms, i, i % 1000, i % 100, i, i, ms, "true" if i % 2 else "false", now)
+            ).encode()
+        )
+        for i in range(first, first + n)
+    )
+
+
 def firehose_records(first: int, n: int, connector_id: str = "conn_bench") -> list[Record]:
     """The records trades ``first`` … ``first + n - 1`` normalize to, stamped now, built
     without a network (for the store and fan-out baselines)."""
@@ -87,7 +109,7 @@ def firehose_records(first: int, n: int, connector_id: str = "conn_bench") -> li
     return records
 
 
-def okx_chunk(first: int, n: int, per_message: int) -> bytes:
+def okx_chunk(first: int, n: int, *, per_message: int) -> bytes:
     now = time.time()
     ms = int(now * 1000)
     frames = []
@@ -160,12 +182,19 @@ class Firehose:
         query = {k: v[-1] for k, v in parse_qs(url.query).items()}
         count = int(query.get("count", self.count))
         rate = float(query.get("rate", self.rate))
-        okx = url.path.rstrip("/").endswith("okx")
+        path = url.path.rstrip("/")
+        chunk = (
+            partial(okx_chunk, per_message=self.okx_batch)
+            if path.endswith("okx")
+            else binance_agg_chunk
+            if path.endswith("/stream")
+            else binance_chunk
+        )
         self.connections += 1
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._answer, stream, protocol, flush, nursery.cancel_scope)
-                await self._send(stream, lock, count, rate, okx)
+                await self._send(stream, lock, count, rate, chunk)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             return
 
@@ -184,7 +213,12 @@ class Firehose:
         done.cancel()
 
     async def _send(
-        self, stream: trio.SocketStream, lock: trio.Lock, count: int, rate: float, okx: bool
+        self,
+        stream: trio.SocketStream,
+        lock: trio.Lock,
+        count: int,
+        rate: float,
+        chunk: Callable[[int, int], bytes],
     ) -> None:
         # Paced: about 100 sends a second per connection, so pacing stays smooth.
         size = MAX_CHUNK if rate <= 0 else max(1, min(MAX_CHUNK, int(rate / 100)))
@@ -192,7 +226,7 @@ class Firehose:
         sent = 0
         while sent < count:
             n = min(size, count - sent)
-            data = okx_chunk(sent + 1, n, self.okx_batch) if okx else binance_chunk(sent + 1, n)
+            data = chunk(sent + 1, n)
             async with lock:
                 await stream.send_all(data)
             sent += n

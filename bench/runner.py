@@ -652,6 +652,7 @@ def run_scenario(
         result: dict[str, Any] = {
             "key": scenario.key,
             "scenario": scenario.name,
+            "max_rate": not scenario.rate and not scenario.rest_connectors,
             "expected": scenario.expected,
             "rows_in_table": rows,
             "seconds": elapsed,
