@@ -213,7 +213,8 @@ async def test_copy_keeps_every_character_and_value_exactly(
             status_code=200 if source == "rest" else None,
             response_time_ms=0.1 + 0.2 if source == "rest" else None,
             format=nasty if source == "websocket" else None,
-            message_number=7 if source == "websocket" else None,
+            message_number=i // 3 if source == "websocket" else None,
+            ask_size="2.5" if i % 5 == 0 else None,
         )
         for i in range(SMALL_BATCH + 1)  # past SMALL_BATCH: the COPY path
     ]
@@ -225,7 +226,7 @@ async def test_copy_keeps_every_character_and_value_exactly(
     with psycopg.connect(database_dsn) as conn:
         rows = conn.execute(
             f"SELECT instrument, side, source_id, dedup_key, data::text, data, timestamp,"
-            f" bid_price::text, price::text, {extra} FROM {table} ORDER BY id"
+            f" bid_price::text, price::text, {extra}, ask_size::text FROM {table} ORDER BY id"
         ).fetchall()
     for i, row in enumerate(rows):
         assert row[0] == (nasty if i % 2 else None)
@@ -234,7 +235,8 @@ async def test_copy_keeps_every_character_and_value_exactly(
         assert row[5] == orjson.loads(payload)
         assert row[6] == when
         assert (row[7], row[8]) == ("-0.000000010", "1.10")
+        assert row[11] == ("2.5" if i % 5 == 0 else None)
         if source == "websocket":
-            assert (row[9], row[10]) == (nasty, 7)
+            assert (row[9], row[10]) == (nasty, i // 3)
         else:
             assert (row[9], row[10]) == (200, 0.1 + 0.2)

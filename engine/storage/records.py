@@ -134,6 +134,9 @@ def _copy_direct(conn: psycopg.Connection[Any], ids: list[int], records: Sequenc
         copy.write(copy_text(ids, records))
 
 
+NULL = "\\N"  # COPY text format's NULL
+
+
 def _escaped(value: str) -> str:
     if "\\" in value or "\n" in value or "\r" in value or "\t" in value:
         return (
@@ -171,43 +174,65 @@ def copy_text(ids: list[int], records: Sequence[Record]) -> bytes:
 
     lines = []
     websocket = records[0].source == "websocket"
+    last: Record | None = None
+    head = kind = quote = tail = ""
     for id_, r in zip(ids, records, strict=True):
+        # What consecutive records share is formatted once per change, not per record.
+        if (
+            last is None
+            or r.connector_id != last.connector_id
+            or r.exchange != last.exchange
+            or r.instrument != last.instrument
+        ):
+            head = f"{text(r.connector_id)}\t{text(r.exchange)}\t{text(r.instrument)}"
+        if last is None or r.side != last.side or r.message_type != last.message_type:
+            kind = f"{text(r.side)}\t{text(r.message_type)}"
+        if (
+            last is None
+            or r.bid_price != last.bid_price
+            or r.bid_size != last.bid_size
+            or r.ask_price != last.ask_price
+            or r.ask_size != last.ask_size
+        ):
+            quote = (
+                f"{r.bid_price or NULL}\t{r.bid_size or NULL}\t"
+                f"{r.ask_price or NULL}\t{r.ask_size or NULL}"
+            )
+        if websocket:
+            if (
+                last is None
+                or r.session_id != last.session_id
+                or r.batch_id != last.batch_id
+                or r.message_number != last.message_number
+                or r.format != last.format
+            ):
+                tail = "\t".join(
+                    (
+                        text(r.session_id),
+                        "\\N" if r.batch_id is None else str(r.batch_id),
+                        "\\N" if r.message_number is None else str(r.message_number),
+                        text(r.format),
+                    )
+                )
+        else:
+            tail = "\t".join(
+                (
+                    text(r.session_id),
+                    "\\N" if r.status_code is None else str(r.status_code),
+                    "\\N" if r.response_time_ms is None else repr(r.response_time_ms),
+                )
+            )
+        last = r
         data = r.data.decode()
         if "\\" in data or "\n" in data or "\r" in data or "\t" in data:
             data = _escaped(data)
         source_id = r.source_id
-        row = [
-            str(id_),
-            text(r.connector_id),
-            text(r.exchange),
-            text(r.instrument),
-            r.price or "\\N",
-            r.size or "\\N",
-            text(r.side),
-            text(r.message_type),
-            time_text(r.timestamp),
-            time_text(r.received_at),
-            data,
-            _escaped(r.dedup_key),
-            r.bid_price or "\\N",
-            r.bid_size or "\\N",
-            r.ask_price or "\\N",
-            r.ask_size or "\\N",
-            "\\N" if source_id is None else _escaped(source_id),
-            text(r.session_id),
-        ]
-        if websocket:
-            row += (
-                "\\N" if r.batch_id is None else str(r.batch_id),
-                "\\N" if r.message_number is None else str(r.message_number),
-                text(r.format),
-            )
-        else:
-            row += (
-                "\\N" if r.status_code is None else str(r.status_code),
-                "\\N" if r.response_time_ms is None else repr(r.response_time_ms),
-            )
-        lines.append("\t".join(row))
+        lines.append(
+            f"{id_}\t{head}\t{r.price or NULL}\t{r.size or NULL}\t{kind}\t"
+            f"{time_text(r.timestamp)}\t{time_text(r.received_at)}\t{data}\t"
+            f"{_escaped(r.dedup_key)}\t{quote}\t"
+            f"{NULL if source_id is None else _escaped(source_id)}\t{tail}"
+        )
     lines.append("")
     return "\n".join(lines).encode()
 
