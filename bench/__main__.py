@@ -36,6 +36,9 @@ from .runner import (
     store_ceiling,
     transport_ceiling,
 )
+from .sweeps import draw as draw_sweeps
+from .sweeps import section as sweep_section
+from .sweeps import sweep_scenarios
 
 RESULTS = Path(__file__).parent / "RESULTS.md"
 RAW = Path(__file__).parent / "results.json"  # the measurements behind RESULTS.md
@@ -198,6 +201,11 @@ def scenarios(full: bool) -> list[tuple[Scenario, Target | None]]:
     ]
 
 
+def everything(full: bool) -> list[tuple[Scenario, Target | None]]:
+    """The scenarios with targets, then the sweeps' points (no targets: curves)."""
+    return scenarios(full) + [(s, None) for s in sweep_scenarios(full)]
+
+
 def _flat(r: dict[str, Any]) -> bool | None:
     """RSS ≤ 200 MiB, and flat: judged over five minutes (``--full``); a shorter soak's
     slope is mostly warm-up, so it only checks the ceiling."""
@@ -249,6 +257,18 @@ def fmt(value: Any, spec: str = ",.0f") -> str:
     if value is None or (isinstance(value, float) and not finite(value)):
         return "–"
     return format(value, spec)
+
+
+def _sweep_section(rows: list[tuple[Scenario, Target | None, dict[str, Any]]]) -> list[str]:
+    lines = sweep_section(rows)
+    if not lines:
+        return []
+    return [
+        "## How cost grows (sweeps)\n",
+        "Each point is a scenario of its own in this run (`bench/sweeps.py`); the charts are "
+        "drawn by the bench (`bench/charts/`).\n",
+        *lines,
+    ]
 
 
 def peer_baseline(admin: str, count: int) -> dict[str, float]:
@@ -357,7 +377,10 @@ def report(
         "committed/s counts rows in the table; latency is firehose send → subscriber receipt; "
         "CPU is in cores (1.00 = one core busy) and µs of CPU per stored record.\n",
     ]
+    lines += _sweep_section(rows)
     for scenario, _, r in rows:
+        if scenario.key.startswith("sweep-"):
+            continue
         lines += [
             f"### {scenario.key}: {scenario.name}\n",
             f"`python -m bench --only {scenario.key}{' --full' if '--full' in command else ''}`\n",
@@ -526,7 +549,7 @@ def _speed(r: dict[str, Any], b: dict[str, float]) -> str:
 
 def rerender(raw: dict[str, Any]) -> str:
     """RESULTS.md again from saved measurements (after the report's wording changed)."""
-    plan = {s.key: (s, t) for s, t in scenarios("--full" in raw["command"])}
+    plan = {s.key: (s, t) for s, t in everything("--full" in raw["command"])}
     nan = float("nan")
     rows = [
         (
@@ -565,7 +588,7 @@ def main(argv: list[str] | None = None) -> int:
         RESULTS.write_text(rerender(orjson.loads(RAW.read_bytes())))
         print(RESULTS.read_text())
         return 0
-    plan = smoke() if args.smoke else scenarios(args.full)
+    plan = smoke() if args.smoke else everything(args.full)
     if args.list:
         for scenario, target in plan:
             print(
@@ -574,10 +597,15 @@ def main(argv: list[str] | None = None) -> int:
             )
         return 0
     if args.only:
-        unknown = set(args.only) - {s.key for s, _ in plan}
+        # A sweep's name selects all its points.
+        def chosen(key: str) -> bool:
+            return key in args.only or key.rpartition("-")[0] in args.only
+
+        known = {s.key for s, _ in plan} | {s.key.rpartition("-")[0] for s, _ in plan}
+        unknown = set(args.only) - known
         if unknown:
             parser.error(f"unknown scenario {sorted(unknown)[0]} (see --list)")
-        plan = [(s, t) for s, t in plan if s.key in args.only]
+        plan = [(s, t) for s, t in plan if chosen(s.key)]
     n = 2_000 if args.smoke else (200_000 if args.full else 60_000)
     progress = Progress()
     rows = []
@@ -615,6 +643,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     if args.only:
         command += "".join(f" --only {key}" for key in args.only)
+    if not args.smoke:
+        for chart in draw_sweeps(rows):
+            progress.done(f"chart: {chart}")
     text = report(command, baselines, rows)
     print(text)
     if not (args.smoke or args.no_write or args.only):

@@ -18,6 +18,12 @@ side, no extension negotiated, a whole message; client frames (masked), fragment
 permessage-deflate frames go to wsproto's own code. The bytes on the wire are identical:
 ``tests/test_wsframes.py`` compares both for every length class and opcode.
 
+Several frames in one write: a :class:`FrameBundle` sent as one text message (through
+Quart, hypercorn and wsproto, which pass the ``str`` on untouched) comes out as the bytes
+of one WebSocket frame per text it carries, concatenated, so the route hands hypercorn
+one write for all the one-record frames a subscriber has waiting instead of one each
+(with compression negotiated, each text is still its own compressed message).
+
 It also decides one thing of the handshake hypercorn makes: a client that asks for the
 ``sluice`` subprotocol (the console does) gets no permessage-deflate even if it offers it.
 Browsers always offer it and cannot be told not to, and compressing every subscriber's
@@ -48,6 +54,20 @@ _SHORT = struct.Struct("!BBH")
 _LONG = struct.Struct("!BBQ")
 
 
+class FrameBundle(str):
+    """Several text frames, sent as one ``websocket.send``: the value is empty, the texts
+    are in ``frames``."""
+
+    __slots__ = ("frames",)
+
+    frames: list[str]
+
+    def __new__(cls, frames: list[str]) -> FrameBundle:
+        bundle = super().__new__(cls, "")
+        bundle.frames = frames
+        return bundle
+
+
 def _serialize_frame(
     self: FrameProtocol, opcode: Opcode, payload: bytes | bytearray = b"", fin: bool = True
 ) -> bytes | bytearray:
@@ -67,6 +87,8 @@ def _serialize_frame(
 def _send_data(
     self: FrameProtocol, payload: bytes | bytearray | str = b"", fin: bool = True
 ) -> bytes | bytearray:
+    if type(payload) is FrameBundle:
+        return b"".join([_send_data(self, text, fin) for text in payload.frames])
     if (
         type(payload) is not str
         or not fin

@@ -119,3 +119,25 @@ def test_the_sluice_subprotocol_declines_compression(
     assert bool(connection._proto.extensions) is compressed
     # The offer itself is left as it was (hypercorn may read it again).
     assert handshake.extensions == ["permessage-deflate; client_max_window_bits"]
+
+
+@pytest.mark.parametrize("deflate", [False, True])
+def test_a_bundle_is_its_frames_back_to_back(deflate: bool) -> None:
+    """A FrameBundle's bytes are exactly those of its texts sent one by one (compressed as
+    separate messages when deflate was negotiated), so the client sees every frame."""
+    texts = ["a" * n for n in (0, 1, 125, 126, 70_000)] + ['{"type":"data_update"}']
+
+    def server() -> WSConnection:
+        ext = [PerMessageDeflate()] if deflate else []
+        client = WSConnection(ConnectionType.CLIENT)
+        offer = client.send(Request(host="x", target="/", extensions=ext and [PerMessageDeflate()]))
+        conn = WSConnection(ConnectionType.SERVER)
+        conn.receive_data(offer)
+        request = next(conn.events())
+        assert isinstance(request, Request)
+        conn.send(AcceptConnection(extensions=ext))
+        return conn
+
+    one_by_one, bundled = server(), server()
+    expected = b"".join(one_by_one.send(Message(data=text)) for text in texts)
+    assert bundled.send(Message(data=wsframes.FrameBundle(texts))) == expected

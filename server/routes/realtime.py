@@ -110,6 +110,10 @@ def _describe(f: Filter, batch: bool) -> dict[str, Any]:
     }
 
 
+#: One-record frames per socket write (≈ 250 KB of trades).
+BUNDLE_FRAMES = 500
+
+
 async def _send(text: str) -> None:
     await websocket.send(text)
 
@@ -178,11 +182,12 @@ async def realtime() -> Response | None:
                     for text in catch_up([frames, *more]) if more else [frames.batch_text()]:
                         await _send(text)
                 else:
+                    # One write for every one-record frame waiting (server/wsframes.py).
+                    waiting: list[str] = []
                     for queued in [frames, *sub.waiting()]:
-                        if replay is not None:
-                            queued = replay.unseen(queued)
-                        for frame in queued:
-                            await _send(frame)
+                        waiting += queued if replay is None else replay.unseen(queued)
+                    for start in range(0, len(waiting), BUNDLE_FRAMES):
+                        await _send(wsframes.FrameBundle(waiting[start : start + BUNDLE_FRAMES]))
             nursery.cancel_scope.cancel()
         reason = sub.closed_reason
     if reason == "lagged":
