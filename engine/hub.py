@@ -34,6 +34,7 @@ import orjson
 import trio
 
 from .errors import Unavailable
+from .memo import per_batch
 from .metrics import Histogram
 from .models import Record, StoredRecord
 
@@ -156,6 +157,14 @@ def encode_event(item: StoredRecord, *, strings: bool = False) -> str:
     return orjson.dumps(record_event(item, strings=strings)).decode()
 
 
+def _json_text(value: str | None) -> str:
+    return orjson.dumps(value).decode()
+
+
+def _json_time(value: datetime) -> str:
+    return orjson.dumps(value).decode()
+
+
 def encode_events(items: list[StoredRecord], *, strings: bool = False) -> list[str]:
     """``[encode_event(item) for item in items]``, the same text for less CPU.
 
@@ -166,23 +175,8 @@ def encode_events(items: list[StoredRecord], *, strings: bool = False) -> list[s
     is a float, whose text orjson decides) take :func:`encode_event`.
     ``tests/test_hub.py`` holds the two to the same bytes.
     """
-    texts: dict[str | None, str] = {None: "null"}
-
-    def text(value: str | None) -> str:
-        try:
-            return texts[value]
-        except KeyError:
-            out = texts[value] = orjson.dumps(value).decode()
-            return out
-
-    times: dict[datetime, str] = {}
-
-    def time_text(value: datetime) -> str:
-        try:
-            return times[value]
-        except KeyError:
-            out = times[value] = orjson.dumps(value).decode()
-            return out
+    text = per_batch(_json_text)
+    time_text = per_batch(_json_time)
 
     def number(value: str | None) -> str:
         if value is None:

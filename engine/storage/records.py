@@ -14,6 +14,7 @@ from typing import Any
 
 import psycopg
 
+from ..memo import per_batch
 from ..models import Record, StoredRecord
 from .database import RawJsonb
 
@@ -148,29 +149,17 @@ def _escaped(value: str) -> str:
     return value
 
 
+def _text_or_null(value: str | None) -> str:
+    return NULL if value is None else _escaped(value)
+
+
 def copy_text(ids: list[int], records: Sequence[Record]) -> bytes:
     """The rows of ``records`` (with their ``ids``) in COPY's text format, in the column
     order of ``_DIRECT_COLUMNS`` and the table's extras. Strings a batch repeats
     (connector, exchange, instrument, side, type, session) and its times are converted
     once."""
-    seen: dict[str | None, str] = {None: "\\N"}
-
-    def text(value: str | None) -> str:
-        try:
-            return seen[value]
-        except KeyError:
-            assert value is not None
-            out = seen[value] = _escaped(value)
-            return out
-
-    times: dict[datetime, str] = {}
-
-    def time_text(value: datetime) -> str:
-        try:
-            return times[value]
-        except KeyError:
-            out = times[value] = value.isoformat()
-            return out
+    text = per_batch(_text_or_null)
+    time_text = per_batch(datetime.isoformat)
 
     lines = []
     websocket = records[0].source == "websocket"
