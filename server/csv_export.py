@@ -9,28 +9,12 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
+from engine.storage.queries import RECORD_COLUMNS, TABLE_COLUMNS
+
+#: The columns ``/api/websocket/data`` selects, the raw payload last.
 RECORD_CSV_COLUMNS = [
-    "id",
-    "connector_id",
-    "exchange",
-    "instrument",
-    "message_type",
-    "timestamp",
-    "received_at",
-    "price",
-    "size",
-    "side",
-    "bid_price",
-    "bid_size",
-    "ask_price",
-    "ask_size",
-    "source_id",
-    "session_id",
-    "status_code",
-    "response_time_ms",
-    "batch_id",
-    "message_number",
-    "format",
+    *(c for c in RECORD_COLUMNS if c != "data"),
+    *TABLE_COLUMNS["websocket_messages"],
     "data",
 ]
 BATCH_CSV_COLUMNS = ["id", "connector_id", "exchange", "message_count", "received_at", "metrics"]
