@@ -141,6 +141,8 @@ class Engine:
             "supervisors": [attrs.asdict(s.statistics()) for s in self.supervisors],
             "channels": channels,
         }
+        if self.instrument is not None:
+            stats["loop"] = self.instrument.loop_statistics()
         for name in (
             "writer",
             "processor",

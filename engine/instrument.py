@@ -35,6 +35,7 @@ class EngineInstrument(trio.abc.Instrument):
         self.slow_step = slow_step
         self.debug = debug
         self.loop_lag = Histogram(LAG_BUCKETS)
+        self.last_lag = 0.0  # seconds late, the latest wake-up of probe_lag
         self.busy_seconds = 0.0
         self.idle_seconds = 0.0
         self.slow_steps = 0
@@ -85,7 +86,17 @@ class EngineInstrument(trio.abc.Instrument):
         while True:
             due = trio.current_time() + interval
             await trio.sleep_until(due)
-            self.loop_lag.observe(trio.current_time() - due)
+            self.last_lag = trio.current_time() - due
+            self.loop_lag.observe(self.last_lag)
+
+    def loop_statistics(self) -> dict[str, float]:
+        """Event-loop health for a person: the latest and mean wake-up lag, slow steps."""
+        lag = self.loop_lag
+        return {
+            "lag_ms_latest": round(1000 * self.last_lag, 3),
+            "lag_ms_mean": round(1000 * lag.total / lag.count, 3) if lag.count else 0.0,
+            "slow_steps": self.slow_steps,
+        }
 
     def before_io_wait(self, timeout: float) -> None:
         self._idle_started = time.perf_counter()
