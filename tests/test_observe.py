@@ -90,6 +90,8 @@ async def test_health_metrics_and_debug_views(service: Service, exchange: FakeEx
         } <= set(actors["channels"]["raw"])
         assert actors["writer"]["rows_committed"] >= 50
         assert {s["name"] for s in actors["supervisors"]} >= {"writer", "hub", "processor"}
+        assert actors["loop"]["lag_ms_latest"] >= 0  # the probe has run
+        assert set(actors["loop"]) == {"lag_ms_latest", "lag_ms_mean", "slow_steps"}
         detail = (await client.get(f"/api/connectors/{cid}/status")).json()
         assert detail["actor"]["buffer_limit_bytes"] > 0
 
