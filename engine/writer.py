@@ -2,7 +2,7 @@
 
 It writes what has arrived as soon as no write is running; while one is, records gather
 until ``batch_size`` are waiting, the oldest has waited ``max_age`` seconds, or the write
-ends (group commit). Each batch is written with binary COPY in one transaction, and only
+ends (group commit). Each batch is written with COPY in one transaction, and only
 after the commit handed to the broadcast hub, so a realtime ``id`` is always a database id.
 Up to ``concurrency`` batches are written at once (each on its own connection), so Python
 formats one batch while PostgreSQL works on the previous; batches are still handed on in

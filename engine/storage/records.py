@@ -1,5 +1,6 @@
-"""Writing record batches: binary COPY into a per-connection staging table, then one
-``INSERT … SELECT … ON CONFLICT DO NOTHING`` so a retried batch never duplicates.
+"""Writing record batches: COPY (text format, one buffer per batch) straight into the
+table; if that hits the unique index, binary COPY into a per-connection staging table and
+one ``INSERT … SELECT … ON CONFLICT DO NOTHING``, so a retried batch never duplicates.
 
 Prices and sizes travel as the source's decimal text and are cast to ``numeric`` by
 PostgreSQL, so they are stored exactly; a value it refuses fails the batch with a data
@@ -91,7 +92,7 @@ def insert_records(
     published (see :func:`_stored_by_lost_attempt`).
 
     Duplicates are rare (a retry after a lost commit reply, a replay after reconnect), so
-    the batch first goes straight into the table by binary COPY with ids taken from the
+    the batch first goes straight into the table by COPY with ids taken from the
     sequence beforehand, inside a savepoint; only if that hits the unique index does it
     take the deduplicating path through the staging table.
     """
