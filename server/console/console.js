@@ -276,6 +276,8 @@
     { name: "auth_options", label: "Auth options (JSON)", json: true },
     { name: "headers", label: "Headers (JSON object)", json: true },
     { name: "query_params", label: "Query parameters (JSON object)", json: true },
+    { name: "secret_headers", label: "Secret header names (JSON list)", json: true, hint: "shown as ****, like credentials" },
+    { name: "secret_query_params", label: "Secret query parameter names (JSON list)", json: true },
     { name: "request_body", label: "Request body (JSON)", json: true },
     { name: "subscribe_messages", label: "Subscribe messages (JSON array)", json: true, wide: true },
     { name: "field_mapping", label: "Field mapping (JSON)", json: true, wide: true },
