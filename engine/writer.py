@@ -339,12 +339,14 @@ class BatchWriter:
         while True:
             started = trio.current_time()
             try:
-                if self.fence is None or not fenced:
+                if self.fence is None:
                     stored, duplicates = await self.db.sink(
                         insert_records, records, recover=recover
                     )
                 else:
-                    stored, duplicates = await self._write_fenced(records, self.fence, recover)
+                    stored, duplicates = await self._write_fenced(
+                        records, self.fence, recover, fenced
+                    )
             except SinkUnavailable as exc:
                 recover = True
                 self.retries += 1
@@ -382,17 +384,24 @@ class BatchWriter:
             return stored
 
     async def _write_fenced(
-        self, records: Sequence[Record], fence: Fence, recover: bool
+        self, records: Sequence[Record], fence: Fence, recover: bool, fenced: bool = True
     ) -> tuple[list[StoredRecord], int]:
+        """Write through the cluster: fenced by lease epochs (unless ``fenced`` is False:
+        records written back from the spool, whose run may be over), and announced to the
+        other instances' subscribers."""
         # Connector records carry their run's session id; saves have none and are never
         # fenced. The epochs are read here, on the Trio thread, before the hop.
-        runs = {r.connector_id for r in records if r.session_id is not None and r.connector_id}
+        runs = (
+            {r.connector_id for r in records if r.session_id is not None and r.connector_id}
+            if fenced
+            else set()
+        )
         epochs = fence.epochs_for(runs)
-        stored, duplicates, fenced = await self.db.sink(
+        stored, duplicates, dropped = await self.db.sink(
             write_fenced, records, fence.instance_id, epochs, runs, fence.announce, recover
         )
-        if fenced:
-            for cid, n in fenced.items():
+        if dropped:
+            for cid, n in dropped.items():
                 if not self._fenced[cid]:
                     logger.warning(
                         "writer: dropped %d records of connector %s: this instance no longer"

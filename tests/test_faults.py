@@ -35,6 +35,21 @@ TOTAL = 24_000  # 12 s of feed: data keeps arriving through every outage
 RATE = 2_000
 
 
+def trade_counts(dsn: str) -> list[tuple[int, int]]:
+    """Each stored trade id (``t``) with how many times it is stored."""
+    with psycopg.connect(dsn) as conn:
+        return conn.execute(
+            "SELECT (data->>'t')::bigint, count(*) FROM websocket_messages GROUP BY 1"
+        ).fetchall()
+
+
+async def stopped(service: Service) -> None:
+    """Drain the in-process service and wait until it has stopped."""
+    service.stop()
+    with trio.fail_after(30):
+        await service.engine.stopped.wait()
+
+
 async def start_paced(
     client: httpx.AsyncClient, exchange: FakeExchange, count: int, base: str = ""
 ) -> str:
@@ -76,18 +91,13 @@ async def test_a_lost_commit_reply_stores_once_and_publishes_once(
             with trio.move_on_after(0.5):  # nothing more may come: no trade twice
                 while True:
                     await _receive_trades(ws, got)
-    service.stop()
-    with trio.fail_after(30):
-        await service.engine.stopped.wait()
+    await stopped(service)
     assert proxy.commit_replies_lost == 1
     assert service.engine.writer.retries >= 1
     assert service.engine.writer.duplicates_skipped == 0  # found as this batch's own rows
     assert sorted(got) == list(range(1, total + 1))  # every trade reached the subscriber
     assert max(got.values()) == 1  # once
-    with psycopg.connect(database_dsn) as conn:
-        rows = conn.execute(
-            "SELECT (data->>'t')::bigint, count(*) FROM websocket_messages GROUP BY 1"
-        ).fetchall()
+    rows = trade_counts(database_dsn)
     assert len(rows) == total
     assert max(count for _, count in rows) == 1
 
@@ -140,14 +150,9 @@ async def test_database_outage_under_load_loses_and_duplicates_nothing(
                     await trio.sleep(0.2)
             status = response.json()
             assert response.status_code == 200, status
-    service.stop()
-    with trio.fail_after(30):
-        await service.engine.stopped.wait()
+    await stopped(service)
 
-    with psycopg.connect(database_dsn) as conn:
-        rows = conn.execute(
-            "SELECT (data->>'t')::bigint, count(*) FROM websocket_messages GROUP BY 1"
-        ).fetchall()
+    rows = trade_counts(database_dsn)
     assert len(rows) == TOTAL  # nothing missing
     assert max(count for _, count in rows) == 1  # nothing twice
     assert sorted(t for t, _ in rows) == list(range(1, TOTAL + 1))
@@ -201,13 +206,8 @@ async def test_a_long_outage_goes_to_the_disk_spool_and_loses_nothing(
             while writer.spooling:
                 await trio.sleep(0.1)
             status = (await client.get(f"/api/connectors/{connector_id}/status")).json()
-    service.stop()
-    with trio.fail_after(30):
-        await service.engine.stopped.wait()
-    with psycopg.connect(database_dsn) as conn:
-        rows = conn.execute(
-            "SELECT (data->>'t')::bigint, count(*) FROM websocket_messages GROUP BY 1"
-        ).fetchall()
+    await stopped(service)
+    rows = trade_counts(database_dsn)
     assert sorted(t for t, _ in rows) == list(range(1, SPOOL_TOTAL + 1))  # nothing missing
     assert max(count for _, count in rows) == 1  # nothing twice
     assert spooled.spooling
@@ -249,10 +249,7 @@ async def test_kill_9_during_an_outage_and_the_next_start_replays_the_spool(
         second.process.send_signal(signal.SIGTERM)
         assert await second.process.wait() == 0
     assert replayed >= spooled
-    with psycopg.connect(database_dsn) as conn:
-        rows = conn.execute(
-            "SELECT (data->>'t')::bigint, count(*) FROM websocket_messages GROUP BY 1"
-        ).fetchall()
+    rows = trade_counts(database_dsn)
     assert max(count for _, count in rows) == 1  # the replay stored nothing twice
 
 
@@ -293,10 +290,7 @@ async def test_sigterm_during_replay_exits_cleanly_and_the_next_start_resumes_it
         second.process.send_signal(signal.SIGTERM)
         assert await second.process.wait() == 0
     assert b"replaying them first" in second.log
-    with psycopg.connect(database_dsn) as conn:
-        rows = conn.execute(
-            "SELECT (data->>'t')::bigint, count(*) FROM websocket_messages GROUP BY 1"
-        ).fetchall()
+    rows = trade_counts(database_dsn)
     trades = sorted(t for t, _ in rows)
     assert max(count for _, count in rows) == 1  # nothing twice
     assert trades == list(range(1, len(trades) + 1))  # nothing the first process read is lost
@@ -364,9 +358,7 @@ async def test_a_full_spool_is_a_counted_gap_and_the_server_keeps_running(
             while sum(g["messages_lost"] for g in overflow) < writer.rows_spool_lost:
                 await trio.sleep(0.1)
                 overflow = await overflow_gaps()
-    service.stop()
-    with trio.fail_after(30):
-        await service.engine.stopped.wait()
+    await stopped(service)
     assert overflow
     assert sum(g["messages_lost"] for g in overflow) == writer.rows_spool_lost
     # One gap per stretch of refusals, not one per refused batch (how many stretches

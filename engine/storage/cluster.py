@@ -19,7 +19,7 @@ import orjson
 import psycopg
 
 from ..models import Record, StoredRecord
-from .records import TABLES, insert_records
+from .records import TABLES, insert_records, stored_by_lost_attempt
 
 Conn = psycopg.Connection[Any]
 
@@ -209,10 +209,16 @@ def write_fenced(
             else:
                 kept.append(r)
         records = kept
-    stored, duplicates = insert_records(conn, records, recover=recover)
+    stored, duplicates = insert_records(conn, records)
     if announce and stored:
         table = TABLES[records[0].source]
         notify_committed(conn, instance_id, table, [s.id for s in stored])
+    if recover and duplicates:
+        # What the lost attempt stored, it also announced when it committed: the other
+        # instances have those; only this one's subscribers still need them.
+        found = stored_by_lost_attempt(conn, records, stored)
+        stored = sorted(stored + found, key=lambda s: s.id)
+        duplicates -= len(found)
     return stored, duplicates, fenced
 
 

@@ -89,7 +89,7 @@ def insert_records(
     (same connector and dedup key) and so skipped. With ``recover`` (a retry of a write
     whose outcome was unknown: the connection broke around its COMMIT), a skipped record
     that the lost attempt itself stored counts as stored, with its id, so it is still
-    published (see :func:`_stored_by_lost_attempt`).
+    published (see :func:`stored_by_lost_attempt`).
 
     Duplicates are rare (a retry after a lost commit reply, a replay after reconnect), so
     the batch first goes straight into the table by COPY with ids taken from the
@@ -100,7 +100,7 @@ def insert_records(
         return [], 0
     stored, duplicates = _insert(conn, records)
     if recover and duplicates:
-        found = _stored_by_lost_attempt(conn, records, stored)
+        found = stored_by_lost_attempt(conn, records, stored)
         stored = sorted(stored + found, key=lambda s: s.id)
         duplicates -= len(found)
     return stored, duplicates
@@ -329,7 +329,7 @@ JOIN {table} t ON t.connector_id IS NULL AND t.dedup_key = k.dedup_key
 """
 
 
-def _stored_by_lost_attempt(
+def stored_by_lost_attempt(
     conn: psycopg.Connection[Any], records: Sequence[Record], stored: list[StoredRecord]
 ) -> list[StoredRecord]:
     """The skipped ``records`` that are in the table as these very records: same key and
