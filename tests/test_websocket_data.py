@@ -3,6 +3,8 @@ normalization, filters, sorting, keyset pagination, streaming, injection."""
 
 from __future__ import annotations
 
+import csv
+import io
 from collections.abc import AsyncIterator
 
 import httpx
@@ -233,3 +235,49 @@ async def test_queries_the_schema_calls_valid_are_answered(
             continue
         response = await client.get(f"{path}?{query}")
         assert response.status_code == 200, response.text
+
+
+async def test_csv_download_is_the_data_query_as_csv(client: httpx.AsyncClient) -> None:
+    """``/api/websocket/data.csv`` takes the data query's parameters and answers the same
+    rows as CSV: a header, numbers with their stored digits, the payload as JSON text."""
+    for trade_id in (1, 2, 3):
+        body = {
+            "exchange": "binance",
+            "connector_id": "csv",
+            "data": orjson.loads(binance_trade(trade_id)),
+        }
+        assert (await client.post("/api/websocket/save", json=body)).status_code == 201
+    response = await client.get(
+        "/api/websocket/data.csv?connector_id=csv&sort_by=id&sort_order=1&limit=2"
+    )
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/csv")
+    assert "attachment" in response.headers["content-disposition"]
+    rows = list(csv.reader(io.StringIO(response.text)))
+    header, first, second = rows  # limit=2: two records after the header
+    assert header[0] == "id"
+    assert header[-1] == "data"
+    record = dict(zip(header, first, strict=True))
+    assert record["connector_id"] == "csv"
+    assert record["price"] == orjson.loads(binance_trade(1))["p"]  # the source's digits
+    assert orjson.loads(record["data"]) == orjson.loads(binance_trade(1))
+    assert int(dict(zip(header, second, strict=True))["id"]) > int(record["id"])
+    bad = await client.get("/api/websocket/data.csv?limit=0")
+    assert bad.status_code == 422
+    assert "limit" in bad.text
+
+
+async def test_every_connector_status_in_one_answer(
+    client: httpx.AsyncClient, service: Service
+) -> None:
+    created = await client.post(
+        "/api/connectors", json={"name": "s", "api_url": "ws://127.0.0.1:9/never"}
+    )
+    cid = created.json()["connector_id"]
+    await client.post(f"/api/connectors/{cid}/start")
+    body = (await client.get("/api/connectors/statuses")).json()
+    assert body["count"] == len(body["data"]) == 1
+    [status] = body["data"]
+    assert status["connector_id"] == cid
+    assert status["status"] in ("connecting", "reconnecting", "running", "error")
+    assert {"messages_received", "records_stored", "messages_gap", "errors"} <= set(status)
