@@ -230,22 +230,23 @@ async def test_kill_9_during_an_outage_and_the_next_start_replays_the_spool(
     async with httpx.AsyncClient(timeout=30) as client:
         await start_paced(client, exchange, SPOOL_TOTAL, base=first.url)
 
-        async def spool_of(url: str) -> dict[str, Any]:
-            return dict((await client.get(f"{url}/api/debug/actors")).json()["replayer"])
-
         await until(lambda: _stored_any(database_dsn), 20, "records stored before the outage")
         proxy.cut()
         spooled = await until(
-            lambda: _at_least(spool_of(first.url), "records_spooled", 2 * RATE), 30, "spooled"
+            lambda: _at_least(spool_of(client, first.url), "records_spooled", 2 * RATE),
+            30,
+            "spooled",
         )
         first.process.kill()  # kill -9 in the middle of the outage
         await first.process.wait()
         proxy.restore()
         second = await start_instance(nursery, proxy.dsn, data_dir)
         replayed = await until(
-            lambda: _at_least(spool_of(second.url), "records_replayed", spooled), 30, "replayed"
+            lambda: _at_least(spool_of(client, second.url), "records_replayed", spooled),
+            30,
+            "replayed",
         )
-        await until(lambda: _spool_empty(spool_of(second.url)), 30, "spool emptied")
+        await until(lambda: _spool_empty(spool_of(client, second.url)), 30, "spool emptied")
         second.process.send_signal(signal.SIGTERM)
         assert await second.process.wait() == 0
     assert replayed >= spooled
@@ -267,26 +268,29 @@ async def test_sigterm_during_replay_exits_cleanly_and_the_next_start_resumes_it
     async with httpx.AsyncClient(timeout=30) as client:
         cid = await start_paced(client, exchange, SPOOL_TOTAL, base=first.url)
 
-        async def spool_of(url: str) -> dict[str, Any]:
-            return dict((await client.get(f"{url}/api/debug/actors")).json()["replayer"])
-
         await until(lambda: _stored_any(database_dsn), 20, "records stored before the outage")
         proxy.cut()
         await until(
-            lambda: _at_least(spool_of(first.url), "records_spooled", 3 * RATE), 30, "spooled"
+            lambda: _at_least(spool_of(client, first.url), "records_spooled", 3 * RATE),
+            30,
+            "spooled",
         )
         # The source stops: what the first process received is what must end up stored.
         await client.post(f"{first.url}/api/connectors/{cid}/stop")
         proxy.restore()
-        await until(lambda: _at_least(spool_of(first.url), "records_replayed", 1), 30, "replay")
+        await until(
+            lambda: _at_least(spool_of(client, first.url), "records_replayed", 1), 30, "replay"
+        )
         first.process.send_signal(signal.SIGTERM)
         with trio.fail_after(15):
             assert await first.process.wait() == 0
         left = sum(p.stat().st_size for p in (tmp_path / "data" / "spool").glob("*.spool"))
         assert left > 0  # the replay really was cut short
         second = await start_instance(nursery, proxy.dsn, data_dir)
-        await until(lambda: _at_least(spool_of(second.url), "records_replayed", 1), 30, "resumed")
-        await until(lambda: _spool_empty(spool_of(second.url)), 30, "spool emptied")
+        await until(
+            lambda: _at_least(spool_of(client, second.url), "records_replayed", 1), 30, "resumed"
+        )
+        await until(lambda: _spool_empty(spool_of(client, second.url)), 30, "spool emptied")
         second.process.send_signal(signal.SIGTERM)
         assert await second.process.wait() == 0
     assert b"replaying them first" in second.log
@@ -295,6 +299,11 @@ async def test_sigterm_during_replay_exits_cleanly_and_the_next_start_resumes_it
     assert max(count for _, count in rows) == 1  # nothing twice
     assert trades == list(range(1, len(trades) + 1))  # nothing the first process read is lost
     assert len(trades) >= 3 * RATE
+
+
+async def spool_of(client: httpx.AsyncClient, url: str) -> dict[str, Any]:
+    """The spool's statistics of the instance at ``url``."""
+    return dict((await client.get(f"{url}/api/debug/actors")).json()["replayer"])
 
 
 async def _stored_any(dsn: str) -> bool:
