@@ -64,7 +64,7 @@ def decimal_text(value: Any, field: str) -> str | None:
     if value is None or value == "":
         return None
     if isinstance(value, str):
-        if len(value) <= _MAX_DECIMAL_CHARS and _DECIMAL.fullmatch(value):
+        if plain_decimal(value):
             return value
         return _checked_decimal(value, field)
     if isinstance(value, bool):
@@ -78,6 +78,12 @@ def decimal_text(value: Any, field: str) -> str | None:
             raise BadMessage("bad_value", f"{field} is not finite")
         return repr(value)
     raise BadMessage("bad_value", f"{field} is not a number")
+
+
+def plain_decimal(text: str) -> bool:
+    """``text`` is decimal text kept as it is: valid JSON number text, no exponent, no
+    leading zeros, not too long."""
+    return len(text) <= _MAX_DECIMAL_CHARS and _DECIMAL.fullmatch(text) is not None
 
 
 def _checked_decimal(text: str, field: str) -> str:
@@ -149,10 +155,14 @@ def parse_time(text: str) -> datetime | None:
         )
 
 
+#: Integers in this range are epoch milliseconds (1973 to 5138), the common case.
+EPOCH_MS_LOW, EPOCH_MS_HIGH = 100_000_000_000, 100_000_000_000_000
+
+
 def epoch_to_datetime(value: Any, field: str) -> datetime | None:
     """Exchange timestamps: epoch seconds, milliseconds, microseconds or nanoseconds (by
     magnitude), as a number or a digit string; or an ISO 8601 string."""
-    if type(value) is int and 100_000_000_000 < value < 100_000_000_000_000:
+    if type(value) is int and EPOCH_MS_LOW < value < EPOCH_MS_HIGH:
         return datetime.fromtimestamp(value / 1000, UTC)  # the common case: epoch ms
     if value is None or value == "":
         return None

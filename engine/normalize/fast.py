@@ -20,9 +20,7 @@ from datetime import UTC, datetime
 import msgspec
 
 from ..models import Record
-from .common import _DECIMAL, _MAX_DECIMAL_CHARS, Context
-
-_MS_LOW, _MS_HIGH = 100_000_000_000, 100_000_000_000_000  # epoch ms, as epoch_to_datetime
+from .common import EPOCH_MS_HIGH, EPOCH_MS_LOW, Context, plain_decimal
 
 
 class _Trade(msgspec.Struct, tag_field="e", tag="trade"):
@@ -55,7 +53,7 @@ _KNOWN_MAX = 100_000
 def _decimal(text: str) -> bool:
     if text in _known:
         return True
-    if len(text) <= _MAX_DECIMAL_CHARS and _DECIMAL.fullmatch(text) is not None:
+    if plain_decimal(text):
         if len(_known) >= _KNOWN_MAX:
             _known.clear()
         _known.add(text)
@@ -89,7 +87,7 @@ def binance_trade(raw: bytes, ctx: Context, received_at: datetime) -> list[Recor
         len(event.s) > 200
         or not _decimal(event.p)
         or not _decimal(event.q)
-        or not _MS_LOW < event.T < _MS_HIGH
+        or not EPOCH_MS_LOW < event.T < EPOCH_MS_HIGH
     ):
         return None
     if isinstance(event, _Trade):

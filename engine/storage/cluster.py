@@ -19,7 +19,7 @@ import orjson
 import psycopg
 
 from ..models import Record, StoredRecord
-from .records import TABLES, insert_records, stored_by_lost_attempt
+from .records import TABLES, insert_records, with_lost_attempt
 
 Conn = psycopg.Connection[Any]
 
@@ -213,12 +213,10 @@ def write_fenced(
     if announce and stored:
         table = TABLES[records[0].source]
         notify_committed(conn, instance_id, table, [s.id for s in stored])
-    if recover and duplicates:
+    if recover:
         # What the lost attempt stored, it also announced when it committed: the other
         # instances have those; only this one's subscribers still need them.
-        found = stored_by_lost_attempt(conn, records, stored)
-        stored = sorted(stored + found, key=lambda s: s.id)
-        duplicates -= len(found)
+        stored, duplicates = with_lost_attempt(conn, records, stored, duplicates)
     return stored, duplicates, fenced
 
 

@@ -99,11 +99,23 @@ def insert_records(
     if not records:
         return [], 0
     stored, duplicates = _insert(conn, records)
-    if recover and duplicates:
-        found = stored_by_lost_attempt(conn, records, stored)
-        stored = sorted(stored + found, key=lambda s: s.id)
-        duplicates -= len(found)
+    if recover:
+        return with_lost_attempt(conn, records, stored, duplicates)
     return stored, duplicates
+
+
+def with_lost_attempt(
+    conn: psycopg.Connection[Any],
+    records: Sequence[Record],
+    stored: list[StoredRecord],
+    duplicates: int,
+) -> tuple[list[StoredRecord], int]:
+    """``stored`` and ``duplicates`` of an insert of ``records``, counting as stored the
+    skipped records that a lost attempt stored (:func:`stored_by_lost_attempt`)."""
+    if not duplicates:
+        return stored, duplicates
+    found = stored_by_lost_attempt(conn, records, stored)
+    return sorted(stored + found, key=lambda s: s.id), duplicates - len(found)
 
 
 def _insert(
