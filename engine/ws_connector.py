@@ -148,6 +148,11 @@ class WebSocketConnector:
         if self._connection_scope is not None:
             self._connection_scope.cancel()
 
+    def _raise_if_refused(self) -> None:
+        if self._refused is not None:
+            refused, self._refused = self._refused, None
+            raise SourceRefused(f"subscription refused: {refused}", "subscription_refused")
+
     def request_stop(self) -> None:
         """Stop reading from the source; buffered messages are still forwarded."""
         self._stop.request()
@@ -182,6 +187,7 @@ class WebSocketConnector:
                 self.reconnects += 1
             first = False
             try:
+                self._raise_if_refused()  # a refusal judged after its connection ended
                 with trio.CancelScope() as self._connection_scope:
                     async with self.transport.connect(
                         self._url(),
@@ -204,9 +210,7 @@ class WebSocketConnector:
                                 (conn.binary_messages, conn.oversized_messages, conn.pongs)
                             ):
                                 self._closed_counts[i] += n
-                if self._refused is not None:
-                    refused, self._refused = self._refused, None
-                    raise SourceRefused(f"subscription refused: {refused}", "subscription_refused")
+                self._raise_if_refused()
             except SourceRefused as exc:
                 # Permanent until the configuration changes (the egress policy, the
                 # subscription): error state, said once, and tried again only after
