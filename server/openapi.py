@@ -23,6 +23,23 @@ def _ref(name: str) -> J:
     return {"$ref": f"#/components/schemas/{name}"}
 
 
+def _static_files(summary: str) -> J:
+    """A path item serving bundled files by name (no token needed)."""
+    return {
+        "get": {
+            "summary": summary,
+            "security": [],
+            "parameters": [
+                {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
+            ],
+            "responses": {
+                "200": {"description": "A file"},
+                "404": _json(_ref("Error"), "Not found"),
+            },
+        }
+    }
+
+
 def _json(schema: J, description: str = "OK") -> J:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
@@ -622,19 +639,7 @@ def build() -> J:
                 "responses": {"200": _json({"type": "object"})},
             }
         },
-        "/docs/static/{name}": {
-            "get": {
-                "summary": "Swagger UI's files, bundled",
-                "security": [],
-                "parameters": [
-                    {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
-                ],
-                "responses": {
-                    "200": {"description": "A file"},
-                    "404": _json(_ref("Error"), "Not found"),
-                },
-            }
-        },
+        "/docs/static/{name}": _static_files("Swagger UI's files, bundled"),
         "/": {
             "get": {
                 "summary": "The web console (connectors, live data, stored data, system)",
@@ -647,19 +652,7 @@ def build() -> J:
                 },
             }
         },
-        "/console/{name}": {
-            "get": {
-                "summary": "The console's script, styles and vendored chart",
-                "security": [],
-                "parameters": [
-                    {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
-                ],
-                "responses": {
-                    "200": {"description": "A file"},
-                    "404": _json(_ref("Error"), "Not found"),
-                },
-            }
-        },
+        "/console/{name}": _static_files("The console's script, styles and vendored chart"),
         "/docs": {
             "get": {
                 "summary": "Interactive API documentation (works offline)",
