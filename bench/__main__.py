@@ -17,6 +17,7 @@ from typing import Any
 import attrs
 import orjson
 
+from . import store
 from .cryptofeed_peer import cryptofeed_baseline
 from .runner import (
     STORE_BATCH,
@@ -300,11 +301,25 @@ def report(
         "| baseline | rate |",
         "|---|---|",
         f"| naive design: asyncio, one INSERT + COMMIT per message | {naive:,.0f} msg/s |",
-        f"| store ceiling: binary COPY of the firehose's rows, {STORE_BATCH:,} per batch (the "
-        "writer's default), no network "
+        f"| store ceiling: the writer's insert (text COPY) of the firehose's rows, "
+        f"{STORE_BATCH:,} per batch (the writer's default), no network "
         f"| {store:,.0f} rows/s |",
         f"| transport ceiling: receive + parse only, no storage | {transport:,.0f} msg/s |",
     ]
+    if "pk_only_rows_per_s" in baselines:
+        pk = baselines["pk_only_rows_per_s"]
+
+        def share(key: str) -> str:
+            rate = baselines[f"{key}_rows_per_s"]
+            return f"{rate:,.0f} rows/s ({100 * rate / pk:.0f}%)"
+
+        lines.append(
+            "| store by index set (`bench/store.py`: the same rows and batches, COPY only, "
+            "best of 3 alternating rounds): primary key only / + deduplication index / "
+            "shipped (+ instrument index) / round 1's table (unpartitioned, 3 B-trees and a "
+            f"BRIN) | {pk:,.0f} rows/s / {share('dedup')} / {share('shipped')} / "
+            f"{share('round1')} |"
+        )
     if "cryptofeed_msgs" in baselines:
         lines.append(
             f"| peer: cryptofeed 2.4.1 with its PostgreSQL backend, the same "
@@ -370,6 +385,7 @@ def report(
             f"| {scenario.key} | {target.text} | {_measured(r, baselines)} "
             f"| {_verdict(target.met(r, baselines))} |"
         )
+    lines += _store_targets(baselines)
     lines += [
         "",
         "## Scenarios\n",
@@ -378,6 +394,7 @@ def report(
         "CPU is in cores (1.00 = one core busy) and µs of CPU per stored record.\n",
     ]
     lines += _sweep_section(rows)
+    lines += _retention_section(baselines)
     for scenario, _, r in rows:
         if scenario.key.startswith("sweep-"):
             continue
@@ -429,6 +446,66 @@ def report(
         lines += [f"| gaps / rejected | {r['gaps']} / {r['rejected']} |", ""]
     lines += _limits(rows, baselines)
     return "\n".join(lines) + "\n"
+
+
+def _store_targets(b: dict[str, float]) -> list[str]:
+    """Target rows measured by ``bench/store.py`` (baselines of this run)."""
+    lines = []
+    if "pk_only_rows_per_s" in b:
+        ratio = b["shipped_rows_per_s"] / b["pk_only_rows_per_s"]
+        lines.append(
+            f"| store ceiling | the shipped table's ≥ 75% of a primary-key-only table's "
+            f"| {100 * ratio:.0f}% ({b['shipped_rows_per_s']:,.0f} / "
+            f"{b['pk_only_rows_per_s']:,.0f} rows/s) | {_verdict(ratio >= 0.75)} |"
+        )
+    if "retention_drop_s" in b:
+        met = (
+            bool(b["retention_dropped"])
+            and b["retention_drop_s"] <= 5
+            and _unaffected(b["retention_during_max_ms"], b["retention_before_max_ms"])
+        )
+        lines.append(
+            f"| {_retention_key(b)} | partition drop of the rows ≤ 5 s, inserts unaffected "
+            f"| {b['retention_rows']:,.0f} rows dropped in {b['retention_drop_s']:.2f} s; "
+            f"slowest insert commit during it {b['retention_during_max_ms']:.0f} ms "
+            f"(5 s before: p99 {b['retention_before_p99_ms']:.0f}, slowest "
+            f"{b['retention_before_max_ms']:.0f} ms) | {_verdict(met)} |"
+        )
+    return lines
+
+
+def _unaffected(during_max: float, before_max: float) -> bool:
+    """Inserts unaffected: no commit during the drop slower than twice the slowest of the
+    five seconds before (a noisy shared machine: same-run comparison, not a fixed bound)."""
+    return finite(during_max) and during_max <= 2 * max(before_max, 10)
+
+
+def _retention_key(b: dict[str, float]) -> str:
+    return f"retention-{b['retention_rows'] / 1e6:.0f}M"
+
+
+def _retention_section(b: dict[str, float]) -> list[str]:
+    if "retention_drop_s" not in b:
+        return []
+    rows_per_s = b["retention_row_delete_rows_per_s"]
+    return [
+        f"### {_retention_key(b)}: retention drops an expired day under a "
+        f"{1 / store.LOAD_INTERVAL * store.LOAD_BATCH:,.0f} records/s insert load\n",
+        f"`python -m bench --only {_retention_key(b)}`\n",
+        "| measure | value |",
+        "|---|---|",
+        f"| rows in the expired day (filled, indexed and attached in) | "
+        f"{b['retention_rows']:,.0f} ({b['retention_fill_s']:.0f} s) |",
+        f"| retention pass (detach concurrently + drop) | {b['retention_drop_s']:.2f} s |",
+        f"| insert commits: 5 s before (p99 / slowest) | {b['retention_before_p99_ms']:.0f} / "
+        f"{b['retention_before_max_ms']:.0f} ms |",
+        f"| insert commits during the pass (count / slowest) | "
+        f"{b['retention_during_commits']:.0f} / {b['retention_during_max_ms']:.0f} ms |",
+        f"| round 1's way, bounded row deletes ({store.ROW_DELETE_ROWS:,} rows measured) | "
+        f"{rows_per_s:,.0f} rows/s: {b['retention_rows'] / rows_per_s / 60:,.1f} min for "
+        f"this day |",
+        "",
+    ]
 
 
 def _measured(r: dict[str, Any], b: dict[str, float]) -> str:
@@ -589,12 +666,17 @@ def main(argv: list[str] | None = None) -> int:
         print(RESULTS.read_text())
         return 0
     plan = smoke() if args.smoke else everything(args.full)
+    # retention-50M (5M in a short run) is measured by bench/store.py, not a firehose run.
+    retention_rows = 0 if args.smoke else (50_000_000 if args.full else 5_000_000)
+    retention_key = f"retention-{retention_rows // 1_000_000}M"
     if args.list:
         for scenario, target in plan:
             print(
                 f"{scenario.key:18} {scenario.name}"
                 + (f"  [target: {target.text}]" if target else "")
             )
+        if retention_rows:
+            print(f"{retention_key:18} retention drops an expired day of {retention_rows:,} rows")
         return 0
     if args.only:
         # A sweep's name selects all its points.
@@ -602,6 +684,7 @@ def main(argv: list[str] | None = None) -> int:
             return key in args.only or key.rpartition("-")[0] in args.only
 
         known = {s.key for s, _ in plan} | {s.key.rpartition("-")[0] for s, _ in plan}
+        known.add(retention_key)
         unknown = set(args.only) - known
         if unknown:
             parser.error(f"unknown scenario {sorted(unknown)[0]} (see --list)")
@@ -617,6 +700,8 @@ def main(argv: list[str] | None = None) -> int:
                 "store": store_ceiling(dsn, n),
             }
             baselines.update({f"announce_{k}": v for k, v in announce_cost(dsn, n).items()})
+            progress.done("baseline: the store by index set …")
+            baselines.update(store.index_costs(dsn, n))
         baselines["transport"] = transport_ceiling(n)
         peer_count = max((s.count for s, _ in plan if not s.rate and s.count), default=0)
         if peer_count:
@@ -634,6 +719,10 @@ def main(argv: list[str] | None = None) -> int:
             progress.done("baseline: the HTTP client alone at the REST scenario's load …")
             http = http_client_ceiling(rest[0].rest_connectors, 3 if args.smoke else 15)
             baselines.update({f"http_{k}": v for k, v in http.items()})
+        if retention_rows and (not args.only or retention_key in args.only):
+            progress.done(f"{retention_key}: filling an expired day …")
+            result = store.retention_drop(admin, retention_rows)
+            baselines.update({f"retention_{k}": v for k, v in result.items()})
         for scenario, target in plan:
             suffix = "txt" if args.raw_profile else "svg"
             profile = f"{args.profile}/{scenario.key}.{suffix}" if args.profile else None

@@ -70,6 +70,7 @@ class Settings:
     log_format: str = "text"
     retention_days: int | None = None
     retention_interval: float = 3600.0
+    migrate_batch: int = 20_000
 
     @property
     def embedded(self) -> bool:
@@ -121,6 +122,7 @@ class Settings:
             api_token=env.get("SLUICE_API_TOKEN") or None,
             retention_days=_int(env, "SLUICE_RETENTION_DAYS", 0, 0, 100_000) or None,
             retention_interval=_float(env, "SLUICE_RETENTION_INTERVAL", 3600.0, 1.0, 86_400.0),
+            migrate_batch=_int(env, "SLUICE_MIGRATE_BATCH", 20_000, 1, 10_000_000),
             realtime_max_subscribers=_int(
                 env, "SLUICE_REALTIME_MAX_SUBSCRIBERS", 1000, 1, 1_000_000
             ),

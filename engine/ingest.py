@@ -96,5 +96,9 @@ def _overrides(overrides: Overrides) -> dict[str, Any]:
     if overrides.message_type is not None:
         changes["message_type"] = overrides.message_type
     if overrides.timestamp is not None:
-        changes["timestamp"] = epoch_to_datetime(overrides.timestamp, "timestamp")
+        # An empty time ("") keeps the record's own, like an absent one: a record always
+        # has a time (it is the key of its partition).
+        when = epoch_to_datetime(overrides.timestamp, "timestamp")
+        if when is not None:
+            changes["timestamp"] = when
     return changes

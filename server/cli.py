@@ -179,11 +179,13 @@ async def _rotate(settings: Settings) -> None:
 
 async def _migrate(settings: Settings) -> None:
     async with Database.open(settings, migrate=False) as db:
-        applied = await db.run(migrations.migrate)
-    if applied:
-        print(f"applied migrations: {', '.join(map(str, applied))}")
+        done = await db.run(migrations.migrate, move_batch=settings.migrate_batch)
+    if done.applied:
+        print(f"applied migrations: {', '.join(map(str, done.applied))}")
     else:
         print(f"database is up to date (version {migrations.latest_version()})")
+    if done.moved:
+        print(f"moved {done.moved} records into day partitions")
 
 
 if __name__ == "__main__":

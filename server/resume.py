@@ -9,7 +9,12 @@ the skip list can be dropped once the overlap is over).
 
 Positions: ids come from one sequence and each connector is written by one instance at a
 time, so per connector ids follow commit order, also across a handover (the old owner is
-fenced). A position at or below the retention floor (records deleted by retention) gets
+fenced). Across instances they do not: a record with an id at or below ``after_id``, from
+another instance, that reached this instance after the client left the old one is sent
+live once more rather than risk losing it (dropping live ids at or below the position
+would lose the ones the client never saw); ids are unique, so the client drops it.
+
+A position at or below the retention floor (records deleted by retention) gets
 ``{"type": "resume_failed", "after_id", "oldest_available", "detail"}`` and the socket is
 closed, never a silent jump; so is a position more than ``MAX_REPLAY`` records behind
 (read those through ``GET /api/websocket/data``, then resume from its last id).

@@ -262,7 +262,12 @@ async def test_a_subscriber_on_one_instance_gets_every_instances_records_once(
                     by_connector[record["connector_id"]].append(record["data"]["t"])
                 if not cut and min(len(v) for v in by_connector.values()) >= 30:
                     cut = max(seen)
-    assert max(seen.values()) == 1  # once each, across instances and the seam
+    # Once each, across instances and the seam. The one exception the protocol allows: a
+    # record at or below the resume position that the new instance relayed later than the
+    # old one did (ids are not commit order across instances) comes again, never lost.
+    again = sorted(i for i, n in seen.items() if n > 1)
+    assert all(i <= last for i in again), again
+    assert max(seen.values()) <= 2
     for trades in by_connector.values():
         assert trades == sorted(trades)  # in commit order per connector
     with psycopg.connect(c.dsn) as conn:

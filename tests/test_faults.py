@@ -307,9 +307,14 @@ async def spool_of(client: httpx.AsyncClient, url: str) -> dict[str, Any]:
 
 
 async def _stored_any(dsn: str) -> bool:
-    with psycopg.connect(dsn) as conn:
-        row = conn.execute("SELECT count(*) FROM websocket_messages").fetchone()
-    return bool(row and row[0] > 0)
+    # In a thread: the fault proxy runs on this event loop, and a query waiting on a lock
+    # held by a transaction behind the proxy would otherwise wait for ever.
+    def count() -> int:
+        with psycopg.connect(dsn) as conn:
+            row = conn.execute("SELECT count(*) FROM websocket_messages").fetchone()
+        return row[0] if row else 0
+
+    return await trio.to_thread.run_sync(count) > 0
 
 
 async def _at_least(stats: Awaitable[dict[str, Any]], key: str, n: int) -> int | None:

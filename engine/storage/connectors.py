@@ -274,6 +274,7 @@ def delete_connector(conn: Conn, connector_id: str, purge_data: bool) -> bool:
             "connector_gaps",
             "connector_errors",
             "rejected_messages",
+            "rest_record_keys",
         ):
             conn.execute(
                 sql.SQL("DELETE FROM {} WHERE connector_id = %s").format(sql.Identifier(table)),

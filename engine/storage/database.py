@@ -28,7 +28,7 @@ from psycopg.rows import dict_row
 
 from ..config import Settings
 from ..errors import BadMessage, ConfigurationError, SinkUnavailable
-from . import migrations
+from . import migrations, partitions
 from .embedded import embedded_postgres, ensure_database
 from .staging import STAGING_DDL
 
@@ -36,6 +36,7 @@ logger = logging.getLogger(__name__)
 
 P = ParamSpec("P")
 T = TypeVar("T")
+R = TypeVar("R")
 Conn = psycopg.Connection[Any]
 
 JSONB_OID = 3802
@@ -127,9 +128,9 @@ class Database:
             await db._open_pool(settings.pool_timeout)
             stack.push_async_callback(db._close_pool)
             if migrate:
-                applied = await db.run(migrations.migrate)
-                if applied:
-                    logger.info("database schema at version %d", applied[-1])
+                done = await db.run(migrations.migrate, move_batch=settings.migrate_batch)
+                if done.applied:
+                    logger.info("database schema at version %d", done.applied[-1])
             yield db
 
     async def _open_pool(self, wait_seconds: float) -> None:
@@ -174,16 +175,25 @@ class Database:
     async def _call(
         self, wait: float, fallback: bool, fn: Callable[[Conn], T], abandon: bool = False
     ) -> T:
-        def call() -> T:
+        def once(body: Callable[[Conn], R]) -> R:
             try:
                 with self._pool.connection(timeout=wait) as conn:
-                    return fn(conn)
+                    return body(conn)
             except psycopg_pool.PoolTimeout:
                 if not fallback:
                     raise
             with psycopg.connect(self.dsn, connect_timeout=5) as conn:
                 _configure(conn)
-                return fn(conn)
+                return body(conn)
+
+        def call() -> T:
+            try:
+                return once(fn)
+            except partitions.Missing as exc:
+                missing = exc  # the write rolled back
+            # The days get a short transaction of their own, then the write runs again.
+            once(lambda conn: partitions.create(conn, missing.table, missing.days))
+            return once(fn)
 
         try:
             return await trio.to_thread.run_sync(

@@ -9,7 +9,10 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import attrs
 import psycopg
+
+from . import partitions
 
 logger = logging.getLogger(__name__)
 
@@ -261,7 +264,49 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         ALTER TABLE cluster_instances ADD COLUMN exit text;
         """,
     ),
+    (
+        8,
+        "Record tables partitioned by day of the source's time; REST keys without a time",
+        # The old tables keep their rows and primary key under a new name until
+        # move_unpartitioned() has moved every row (bounded batches, each committed).
+        # Indexes: bench/README.md "What each index costs" measured each one against the
+        # store ceiling and EXPLAINed the queries the data endpoints run. The unique
+        # (connector_id, "timestamp", dedup_key) both deduplicates and serves "one
+        # connector's records by time"; the BRIN index on time is gone (partition pruning
+        # does its work).
+        "".join(
+            f"""
+        ALTER TABLE {t} RENAME TO {t}_unpartitioned;
+        ALTER INDEX {t}_pkey RENAME TO {t}_unpartitioned_pkey;
+        DROP INDEX {t}_dedup, {t}_dedup_unowned, {t}_connector_time, {t}_time;
+        CREATE TABLE {t} (LIKE {t}_unpartitioned INCLUDING DEFAULTS)
+            PARTITION BY RANGE ("timestamp");
+        ALTER TABLE {t} ADD PRIMARY KEY (id, "timestamp");
+        CREATE UNIQUE INDEX {t}_dedup ON {t} (connector_id, "timestamp", dedup_key);
+        CREATE UNIQUE INDEX {t}_dedup_unowned ON {t} (dedup_key, "timestamp")
+            WHERE connector_id IS NULL;
+        """
+            for t in ("websocket_messages", "api_connector_data")
+        )
+        + """
+        DROP INDEX websocket_messages_instrument_time;
+        CREATE INDEX websocket_messages_instrument_time
+            ON websocket_messages (exchange, instrument, "timestamp");
+
+        -- Keys of REST records that have a source id but no source time: their partition
+        -- key is the poll's time, different on every poll, so the unique index above
+        -- cannot see that a later poll returned the same item; this table does.
+        CREATE TABLE rest_record_keys (
+            connector_id  text NOT NULL,
+            dedup_key     text NOT NULL,
+            seen_at       timestamptz NOT NULL DEFAULT now(),
+            PRIMARY KEY (connector_id, dedup_key)
+        );
+        """,
+    ),
 ]
+
+MOVE_BATCH = 20_000  # rows per committed batch when moving (SLUICE_MIGRATE_BATCH)
 
 
 def latest_version() -> int:
@@ -277,11 +322,36 @@ def applied_version(conn: psycopg.Connection[Any]) -> int:
     return int(row[0]) if row else 0
 
 
-def migrate(conn: psycopg.Connection[Any]) -> list[int]:
-    """Apply every pending migration; return the versions applied now."""
+@attrs.frozen
+class Migrated:
+    applied: list[int]  # versions applied now
+    moved: int  # rows moved into the partitioned tables
+
+
+def migrate(conn: psycopg.Connection[Any], *, move_batch: int = MOVE_BATCH) -> Migrated:
+    """Apply every pending migration, then move rows still in the unpartitioned record
+    tables (:func:`move_unpartitioned`).
+
+    Holds a session advisory lock throughout, so another process starting at the same
+    time waits until the schema and the data are both current, and never writes into a
+    table whose older rows are still being moved. ``conn`` must be outside a
+    transaction (each step commits its own)."""
+    conn.commit()
+    conn.execute("SELECT pg_advisory_lock(%s)", (_LOCK_ID,))
+    try:
+        applied = _apply(conn)
+        conn.commit()
+        moved = move_unpartitioned(conn, move_batch)
+    finally:
+        conn.rollback()
+        conn.execute("SELECT pg_advisory_unlock(%s)", (_LOCK_ID,))
+        conn.commit()
+    return Migrated(applied, moved)
+
+
+def _apply(conn: psycopg.Connection[Any]) -> list[int]:
     applied: list[int] = []
     with conn.transaction():
-        conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_ID,))
         conn.execute(
             "CREATE TABLE IF NOT EXISTS schema_migrations ("
             " version integer PRIMARY KEY, description text NOT NULL,"
@@ -299,4 +369,54 @@ def migrate(conn: psycopg.Connection[Any]) -> list[int]:
                 )
             logger.info("applied migration %d: %s", version, description)
             applied.append(version)
+        partitions.ensure_ahead(conn)  # cheap when they exist: a lookup per day
     return applied
+
+
+def move_unpartitioned(conn: psycopg.Connection[Any], batch: int = MOVE_BATCH) -> int:
+    """Move the rows of a database from before migration 8 into the partitioned tables,
+    ``batch`` rows per transaction; drop each old table once empty.
+    Returns the rows moved.
+
+    Bounded batches keep each transaction, its locks and its WAL small; a crash loses at
+    most one uncommitted batch, and the next start goes on from there. The days the rows
+    need are created first, from one scan of the old table."""
+    moved = 0
+    for table in partitions.RECORD_TABLES:
+        old = f"{table}_unpartitioned"
+        exists = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (old,)).fetchone()
+        conn.commit()
+        if not exists or not exists[0]:
+            continue
+        with conn.transaction():
+            days = conn.execute(
+                f"SELECT DISTINCT (\"timestamp\" AT TIME ZONE 'UTC')::date FROM {old}"
+            ).fetchall()
+            partitions.create(conn, table, [d[0] for d in days])
+        total = conn.execute(f"SELECT count(*) FROM {old}").fetchone()
+        conn.commit()
+        logger.info("moving %d rows of %s into day partitions", total[0] if total else 0, table)
+        rounds = 0
+        while True:
+            with conn.transaction():
+                row = conn.execute(
+                    f"WITH gone AS (DELETE FROM {old} WHERE id IN"
+                    f" (SELECT id FROM {old} ORDER BY id DESC LIMIT %s) RETURNING *),"
+                    f" moved AS (INSERT INTO {table} SELECT * FROM gone ON CONFLICT DO NOTHING)"
+                    " SELECT count(*) FROM gone",
+                    (batch,),
+                ).fetchone()
+            n = int(row[0]) if row else 0
+            moved += n
+            rounds += 1
+            if n < batch:
+                break
+            if rounds % 50 == 0:
+                logger.info("moved %d rows so far", moved)
+        with conn.transaction():
+            left = conn.execute(f"SELECT count(*) FROM {old}").fetchone()
+            if left and left[0] == 0:
+                conn.execute(f"DROP TABLE {old}")
+    if moved:
+        logger.info("moved %d rows into day partitions", moved)
+    return moved

@@ -17,6 +17,7 @@ import psycopg
 
 from ..memo import per_batch
 from ..models import Record, StoredRecord
+from . import partitions
 from .database import RawJsonb
 
 TABLES = {"websocket": "websocket_messages", "rest": "api_connector_data"}
@@ -98,10 +99,40 @@ def insert_records(
     """
     if not records:
         return [], 0
-    stored, duplicates = _insert(conn, records)
+    fresh, known = _unseen_rest_keys(conn, records)
+    stored, duplicates = _insert(conn, fresh) if fresh else ([], 0)
+    duplicates += known
     if recover:
         return with_lost_attempt(conn, records, stored, duplicates)
     return stored, duplicates
+
+
+def _unseen_rest_keys(
+    conn: psycopg.Connection[Any], records: Sequence[Record]
+) -> tuple[Sequence[Record], int]:
+    """``records`` less the REST records with a source id but no source time whose key a
+    poll has already stored (``rest_record_keys``, see :mod:`.partitions`), and how many
+    those were. The keys of the others are recorded in the same transaction."""
+    if records[0].source != "rest":
+        return records, 0
+    timeless = [
+        r
+        for r in records
+        if r.source_id is not None and r.connector_id is not None and r.timestamp == r.received_at
+    ]
+    if not timeless:
+        return records, 0
+    new = {
+        (row[0], row[1])
+        for row in conn.execute(
+            "INSERT INTO rest_record_keys (connector_id, dedup_key)"
+            " SELECT * FROM unnest(%s::text[], %s::text[]) ON CONFLICT DO NOTHING"
+            " RETURNING connector_id, dedup_key",
+            ([r.connector_id for r in timeless], [r.dedup_key for r in timeless]),
+        )
+    }
+    seen = {id(r) for r in timeless if (r.connector_id, r.dedup_key) not in new}
+    return [r for r in records if id(r) not in seen], len(seen)
 
 
 def with_lost_attempt(
@@ -119,6 +150,23 @@ def with_lost_attempt(
 
 
 def _insert(
+    conn: psycopg.Connection[Any], records: Sequence[Record]
+) -> tuple[list[StoredRecord], int]:
+    """Insert; a record whose day has no partition yet (a backfill of old data, a source
+    clock far off) fails the transaction with :class:`partitions.Missing`, naming the
+    batch's days (the database layer creates them and runs the write again)."""
+    try:
+        return _insert_once(conn, records)
+    except psycopg.errors.CheckViolation as exc:
+        # A record without a time has no partition either: a data error, isolated by
+        # the writer's split like any other (the column is NOT NULL).
+        if not partitions.is_missing(exc) or any(r.timestamp is None for r in records):
+            raise
+        days = {partitions.day_of(r.timestamp) for r in records}
+        raise partitions.Missing(TABLES[records[0].source], days) from exc
+
+
+def _insert_once(
     conn: psycopg.Connection[Any], records: Sequence[Record]
 ) -> tuple[list[StoredRecord], int]:
     if len(records) <= SMALL_BATCH:
@@ -327,16 +375,19 @@ def _insert_deduplicated(
     return _returned(records, inserted)
 
 
+# Each key is looked up with its partition key ("timestamp"), so one partition's unique
+# index answers it.
 _LOST_ATTEMPT = """
 SELECT t.id, t.connector_id, t.dedup_key
-FROM unnest(%s::text[], %s::text[], %s::timestamptz[]) AS k(connector_id, dedup_key, received_at)
-JOIN {table} t ON t.connector_id = k.connector_id AND t.dedup_key = k.dedup_key
-    AND t.received_at = k.received_at
+FROM unnest(%s::text[], %s::text[], %s::timestamptz[], %s::timestamptz[])
+    AS k(connector_id, dedup_key, ts, received_at)
+JOIN {table} t ON t.connector_id = k.connector_id AND t."timestamp" = k.ts
+    AND t.dedup_key = k.dedup_key AND t.received_at = k.received_at
 """
 _LOST_ATTEMPT_UNOWNED = """
 SELECT t.id, t.connector_id, t.dedup_key
-FROM unnest(%s::text[], %s::timestamptz[]) AS k(dedup_key, received_at)
-JOIN {table} t ON t.connector_id IS NULL AND t.dedup_key = k.dedup_key
+FROM unnest(%s::text[], %s::timestamptz[], %s::timestamptz[]) AS k(dedup_key, ts, received_at)
+JOIN {table} t ON t.connector_id IS NULL AND t.dedup_key = k.dedup_key AND t."timestamp" = k.ts
     AND t.received_at = k.received_at
 """
 
@@ -360,13 +411,18 @@ def stored_by_lost_attempt(
             (
                 [r.connector_id for r in owned],
                 [r.dedup_key for r in owned],
+                [r.timestamp for r in owned],
                 [r.received_at for r in owned],
             ),
         ).fetchall()
     if unowned:
         rows += conn.execute(
             _LOST_ATTEMPT_UNOWNED.format(table=table).encode(),
-            ([r.dedup_key for r in unowned], [r.received_at for r in unowned]),
+            (
+                [r.dedup_key for r in unowned],
+                [r.timestamp for r in unowned],
+                [r.received_at for r in unowned],
+            ),
         ).fetchall()
     by_key = {(r.connector_id, r.dedup_key): r for r in skipped}
     return [StoredRecord(id=row[0], record=by_key[(row[1], row[2])]) for row in rows]
