@@ -314,11 +314,12 @@ def report(
             return f"{rate:,.0f} rows/s ({100 * rate / pk:.0f}%)"
 
         lines.append(
-            "| store by index set (`bench/store.py`: the same rows and batches, COPY only, "
-            "best of 3 alternating rounds): primary key only / + deduplication index / "
-            "shipped (+ instrument index) / round 1's table (unpartitioned, 3 B-trees and a "
-            f"BRIN) | {pk:,.0f} rows/s / {share('dedup')} / {share('shipped')} / "
-            f"{share('round1')} |"
+            "| store by index set (`bench/store.py`: the firehose's rows over 20 instruments, "
+            "COPY only, best of 3 alternating rounds): primary key only / + deduplication "
+            "index / shipped (+ time index) / shipped + (exchange, instrument, time) / round "
+            "1's table (unpartitioned, 4 B-trees and a BRIN) "
+            f"| {pk:,.0f} rows/s / {share('dedup')} / {share('shipped')} / "
+            f"{share('instrument')} / {share('round1')} |"
         )
     if "cryptofeed_msgs" in baselines:
         lines.append(

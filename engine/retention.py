@@ -65,6 +65,7 @@ class Retention:
             logger.info("created partitions %s", ", ".join(created))
         if self.default_days:
             await self._drop_expired(self.default_days)
+        await self.db.refresh_days()
         total = 0
         for job in await self.db.run(sql.plan, self.default_days):
             while True:

@@ -82,7 +82,10 @@ def build_parser() -> argparse.ArgumentParser:
         "migrate",
         help="apply pending database migrations and exit",
         description="Apply every pending schema migration to the configured database "
-        "(the embedded one if none is configured), then exit. `serve` also does this.",
+        "(the embedded one if none is configured), then exit. `serve` also does this. "
+        "A database from before the day-partitioned record tables has its records moved "
+        "into them here, SLUICE_MIGRATE_BATCH rows per committed transaction; interrupted, "
+        "the next run goes on where it stopped.",
     )
     return parser
 

@@ -3,7 +3,7 @@ the writer hops to threads)."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from decimal import Decimal
 
 import attrs
@@ -15,7 +15,7 @@ import trio
 from engine.config import Settings
 from engine.models import ConnectorSpec, Record, StoredRecord, evolve_record
 from engine.retention import Retention
-from engine.storage import Database, migrations
+from engine.storage import Database, migrations, partitions
 from engine.storage.connectors import insert_connector
 from engine.storage.records import SMALL_BATCH, insert_records
 from engine.writer import BatchWriter
@@ -125,6 +125,10 @@ class SlowFirstBatchSink:
     calls: list[str] = attrs.field(factory=list)
     concurrent: int = 0
     most_concurrent: int = 0
+    # Every day has its partition, as far as the writer can tell.
+    partition_days: dict[str, set[date]] = attrs.field(
+        factory=lambda: {t: {NOW.date()} for t in partitions.RECORD_TABLES}
+    )
 
     async def sink(
         self, fn: object, records: list[Record], recover: bool = False

@@ -16,6 +16,7 @@ import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
+from datetime import date
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import psycopg
@@ -110,6 +111,8 @@ class Database:
         self._limiter = trio.CapacityLimiter(max(settings.pool_max, settings.pool_min))
         self._pool_timeout = settings.pool_timeout
         self._write_timeout = settings.write_timeout
+        #: Days known to have a partition, per record table (see :meth:`ensure_days`).
+        self.partition_days: dict[str, set[date]] = {t: set() for t in partitions.RECORD_TABLES}
 
     @classmethod
     @contextlib.asynccontextmanager
@@ -131,6 +134,8 @@ class Database:
                 done = await db.run(migrations.migrate, move_batch=settings.migrate_batch)
                 if done.applied:
                     logger.info("database schema at version %d", done.applied[-1])
+            if migrate:
+                await db.refresh_days()
             yield db
 
     async def _open_pool(self, wait_seconds: float) -> None:
@@ -145,6 +150,23 @@ class Database:
     async def _close_pool(self) -> None:
         with trio.move_on_after(10, shield=True):
             await trio.to_thread.run_sync(self._pool.close, 5.0)
+
+    async def refresh_days(self) -> None:
+        """Read which days have partitions (after a start, a retention pass)."""
+        for table in partitions.RECORD_TABLES:
+            days = await self.run(partitions.attached, table)
+            self.partition_days[table] = set(days.values())
+
+    async def ensure_days(self, table: str, days: set[date]) -> None:
+        """Create the partitions of ``days`` that this process does not know to exist, in
+        a short transaction of its own, before a write needs them: a write that found one
+        missing would roll back and take new record ids when run again, after a batch
+        written meanwhile (ids would stop following commit order). Raises
+        :class:`SinkUnavailable` like a write."""
+        missing = days - self.partition_days[table]
+        if missing:
+            await self.sink(partitions.create, table, missing)
+            self.partition_days[table] |= missing
 
     async def run(self, fn: Callable[Concatenate[Conn, P], T], *args: P.args, **kw: P.kwargs) -> T:
         """Call ``fn(conn, *args)`` in a worker thread with a pooled connection, inside one
@@ -191,8 +213,10 @@ class Database:
                 return once(fn)
             except partitions.Missing as exc:
                 missing = exc  # the write rolled back
-            # The days get a short transaction of their own, then the write runs again.
+            # The days get a short transaction of their own, then the write runs again
+            # (rare: the writer creates a batch's days before writing it, ensure_days).
             once(lambda conn: partitions.create(conn, missing.table, missing.days))
+            self.partition_days[missing.table] |= missing.days
             return once(fn)
 
         try:

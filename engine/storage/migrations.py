@@ -269,11 +269,10 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         "Record tables partitioned by day of the source's time; REST keys without a time",
         # The old tables keep their rows and primary key under a new name until
         # move_unpartitioned() has moved every row (bounded batches, each committed).
-        # Indexes: bench/README.md "What each index costs" measured each one against the
-        # store ceiling and EXPLAINed the queries the data endpoints run. The unique
+        # Indexes: docs/storage.md "Indexes" gives each one's cost on the store ceiling
+        # (bench/store.py) and the plans of the queries the data endpoints run. The unique
         # (connector_id, "timestamp", dedup_key) both deduplicates and serves "one
-        # connector's records by time"; the BRIN index on time is gone (partition pruning
-        # does its work).
+        # connector's records by time"; the BRIN index on time is gone.
         "".join(
             f"""
         ALTER TABLE {t} RENAME TO {t}_unpartitioned;
@@ -289,9 +288,11 @@ MIGRATIONS: list[tuple[int, str, str]] = [
             for t in ("websocket_messages", "api_connector_data")
         )
         + """
+        -- Newest first and time ranges, with or without other filters (the data
+        -- endpoint's default order). The (exchange, instrument, "timestamp") index is
+        -- gone: it cost more than the whole deduplication index (docs/storage.md).
         DROP INDEX websocket_messages_instrument_time;
-        CREATE INDEX websocket_messages_instrument_time
-            ON websocket_messages (exchange, instrument, "timestamp");
+        CREATE INDEX websocket_messages_time ON websocket_messages ("timestamp");
 
         -- Keys of REST records that have a source id but no source time: their partition
         -- key is the poll's time, different on every poll, so the unique index above
