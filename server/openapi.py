@@ -559,6 +559,8 @@ def build() -> J:
                                 "embedded": {"type": "boolean"},
                                 "tables": {
                                     "type": "object",
+                                    "description": "Rows per table: exact up to a million,"
+                                    " the planner's estimate above.",
                                     "additionalProperties": {"type": "integer"},
                                 },
                             },

@@ -14,15 +14,15 @@ from pathlib import Path
 import psycopg
 
 from engine.config import Settings
-from engine.models import ConnectorSpec, Record, evolve_record
+from engine.models import Record, evolve_record
 from engine.retention import Retention
-from engine.storage import Database, partitions
+from engine.storage import Database, partitions, queries
 from engine.storage.connectors import insert_connector
 from engine.storage.migrations import MIGRATIONS
 from engine.storage.records import insert_records
 
 from .conftest import TEST_KEY
-from .test_storage import record
+from .test_storage import KEEPER, made, record
 
 
 def where(dsn: str, table: str = "websocket_messages") -> list[tuple[str, str, int]]:
@@ -103,21 +103,10 @@ async def test_retention_drops_whole_expired_days_and_spares_longer_policies(
     today = datetime.now(UTC).replace(hour=12, minute=0, second=0, microsecond=0)
     gone_day, mixed_day = today - timedelta(days=40), today - timedelta(days=35)
 
-    def make(n: int, connector: str, when: datetime) -> Record:
-        return evolve_record(record(n), connector_id=connector, timestamp=when)
+    make = made
 
     async with Database.open(settings) as db:
-        await db.run(
-            insert_connector,
-            ConnectorSpec(
-                connector_id="conn_keep",
-                name="keep",
-                api_url="ws://h/",
-                protocol="websocket",
-                exchange="okx",
-                retention_days=100_000,
-            ),
-        )
+        await db.run(insert_connector, KEEPER)
         rows = [make(n, "conn_a", gone_day) for n in range(100)]
         rows += [make(200 + n, "conn_a", mixed_day) for n in range(7)]
         rows += [make(300 + n, "conn_keep", mixed_day) for n in range(3)]
@@ -241,3 +230,18 @@ def test_an_old_database_upgrades_in_place_and_a_kill_9_mid_move_loses_nothing(
         version = conn.execute("SELECT max(version) FROM schema_migrations").fetchone()
     assert days == (42,)  # 60,000 minutes from October 1st: 42 days
     assert version == (MIGRATIONS[-1][0],)
+
+
+async def test_table_sizes_are_estimated_past_a_million_rows(
+    settings: Settings, database_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An exact count of a big partitioned table takes seconds; past the limit the
+    planner's estimate over every partition answers instead."""
+    async with Database.open(settings) as db:
+        await db.run(insert_records, [record(n) for n in range(30)])
+        with psycopg.connect(database_dsn, autocommit=True) as conn:
+            conn.execute("ANALYZE websocket_messages")
+            conn.execute("DELETE FROM websocket_messages WHERE dedup_key = 't:BTC-USDT:0'")
+        assert (await db.run(queries.table_counts))["websocket_messages"] == 29  # exact
+        monkeypatch.setattr(queries, "EXACT_COUNT_UP_TO", 10)
+        assert (await db.run(queries.table_counts))["websocket_messages"] == 30  # estimate

@@ -160,27 +160,31 @@ async def test_writer_overlaps_batches_but_publishes_them_in_order() -> None:
     assert writer.statistics().pending == 0
 
 
+def made(n: int, connector: str, when: datetime) -> Record:
+    """Record ``n`` of ``connector`` at ``when``."""
+    return evolve_record(record(n), connector_id=connector, timestamp=when)
+
+
+# A connector that keeps its old data despite the global policy.
+KEEPER = ConnectorSpec(
+    connector_id="conn_keep",
+    name="keep",
+    api_url="ws://h/",
+    protocol="websocket",
+    exchange="okx",
+    retention_days=100_000,
+)
+
+
 async def test_retention_deletes_old_rows_in_batches_honouring_connector_policy(
     settings: Settings, database_dsn: str
 ) -> None:
     old = datetime(2020, 1, 1, tzinfo=UTC)
     recent = datetime.now(UTC)
-
-    def make(n: int, connector: str, when: datetime) -> Record:
-        return evolve_record(record(n), connector_id=connector, timestamp=when)
+    make = made
 
     async with Database.open(settings) as db:
-        await db.run(
-            insert_connector,
-            ConnectorSpec(
-                connector_id="conn_keep",
-                name="keep",
-                api_url="ws://h/",
-                protocol="websocket",
-                exchange="okx",
-                retention_days=100_000,  # keeps its old data despite the global policy
-            ),
-        )
+        await db.run(insert_connector, KEEPER)
         rows = [make(n, "conn_a", old) for n in range(25)]
         rows += [make(100 + n, "conn_a", recent) for n in range(5)]
         rows += [make(200 + n, "conn_keep", old) for n in range(3)]
