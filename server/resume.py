@@ -9,10 +9,13 @@ the skip list can be dropped once the overlap is over).
 
 Positions: ids come from one sequence and each connector is written by one instance at a
 time, so per connector ids follow commit order, also across a handover (the old owner is
-fenced). Across instances they do not: a record with an id at or below ``after_id``, from
-another instance, that reached this instance after the client left the old one is sent
-live once more rather than risk losing it (dropping live ids at or below the position
-would lose the ones the client never saw); ids are unique, so the client drops it.
+fenced). Across instances they do not, so a resume on another instance is exact only
+above ``after_id``: a third instance's record with an id at or below it that reaches this
+instance after the client subscribed is sent live once more (dropping live ids at or
+below the position would lose the ones the client never saw; ids are unique, so the
+client drops it), and one that reached this instance before the client subscribed, but
+the old instance after the client left, is missed. Closing that needs a commit-ordered
+position (an LSN-like counter per commit), not the record id: a known gap.
 
 A position at or below the retention floor (records deleted by retention) gets
 ``{"type": "resume_failed", "after_id", "oldest_available", "detail"}`` and the socket is
