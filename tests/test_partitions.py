@@ -17,7 +17,7 @@ import pytest
 from engine.config import Settings
 from engine.models import Record, evolve_record
 from engine.retention import Retention
-from engine.storage import Database, partitions, queries
+from engine.storage import Database, migrations, partitions, queries
 from engine.storage.connectors import insert_connector
 from engine.storage.migrations import MIGRATIONS
 from engine.storage.records import insert_records
@@ -246,3 +246,23 @@ async def test_table_sizes_are_estimated_past_a_million_rows(
         assert (await db.run(queries.table_counts))["websocket_messages"] == 29  # exact
         monkeypatch.setattr(queries, "EXACT_COUNT_UP_TO", 10)
         assert (await db.run(queries.table_counts))["websocket_messages"] == 30  # estimate
+
+
+def test_a_busy_record_table_does_not_stop_a_start(database_dsn: str) -> None:
+    """Creating the days ahead locks the table; behind a long reader (another instance's
+    CSV export) a start gives up after the lock timeout instead of failing or queueing
+    every query behind it, and leaves the day to the retention pass."""
+    with psycopg.connect(database_dsn) as conn:
+        migrations.migrate(conn)
+        ahead = partitions.name("websocket_messages", datetime.now(UTC).date() + timedelta(2))
+        conn.execute(f"DROP TABLE {ahead}")
+        conn.commit()
+        with psycopg.connect(database_dsn) as reader:
+            reader.execute("SELECT count(*) FROM websocket_messages")  # holds its lock
+            started = time.monotonic()
+            assert migrations.migrate(conn) == migrations.Migrated([], 0)
+            assert time.monotonic() - started < 10
+            reader.rollback()
+        assert conn.execute("SELECT to_regclass(%s)", (ahead,)).fetchone() == (None,)
+        migrations.migrate(conn)  # the table free again: the day is made
+        assert conn.execute("SELECT to_regclass(%s)", (ahead,)).fetchone() != (None,)

@@ -370,7 +370,13 @@ def _apply(conn: psycopg.Connection[Any]) -> list[int]:
                 )
             logger.info("applied migration %d: %s", version, description)
             applied.append(version)
-        partitions.ensure_ahead(conn)  # cheap when they exist: a lookup per day
+        try:
+            with conn.transaction():
+                partitions.ensure_ahead(conn)  # cheap when they exist: a lookup per day
+        except psycopg.errors.LockNotAvailable:
+            # Other instances are writing; the retention pass creates them soon, and a
+            # write creates a day it needs. Never a reason not to start.
+            logger.warning("partitions ahead not created at start: their table is busy")
     return applied
 
 
