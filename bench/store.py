@@ -103,12 +103,13 @@ def _create(
     )
     if partitioned:
         for day in days:
+            low, high = partitions.bounds(day)
             conn.execute(
                 sql.SQL("CREATE TABLE {} PARTITION OF {} FOR VALUES FROM ({}) TO ({})").format(
                     sql.Identifier(f"{_T}_p{day:%Y%m%d}"),
                     sql.Identifier(_T),
-                    sql.Literal(f"{day} 00:00+00"),
-                    sql.Literal(f"{day + timedelta(days=1)} 00:00+00"),
+                    sql.Literal(low),
+                    sql.Literal(high),
                 )
             )
     for statement in indexes:
@@ -131,7 +132,7 @@ def _fill_day(dsn: str, day: date, rows: int, connector: str) -> None:
     a CHECK constraint that spares the attach its scan, then attached (building the
     parent's indexes on it)."""
     name = partitions.name("websocket_messages", day)
-    low, high = f"{day} 00:00+00", f"{day + timedelta(days=1)} 00:00+00"
+    low, high = partitions.bounds(day)
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(
             sql.SQL("CREATE TABLE {} (LIKE websocket_messages INCLUDING DEFAULTS)").format(

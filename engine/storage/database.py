@@ -134,7 +134,6 @@ class Database:
                 done = await db.run(migrations.migrate, move_batch=settings.migrate_batch)
                 if done.applied:
                     logger.info("database schema at version %d", done.applied[-1])
-            if migrate:
                 await db.refresh_days()
             yield db
 

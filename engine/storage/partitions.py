@@ -38,6 +38,11 @@ def name(table: str, day: date) -> str:
     return f"{table}_p{day:%Y%m%d}"
 
 
+def bounds(day: date) -> tuple[str, str]:
+    """The range of ``day``'s partition, as ``FOR VALUES FROM … TO …`` takes it."""
+    return f"{day.isoformat()} 00:00:00+00", f"{(day + timedelta(days=1)).isoformat()} 00:00:00+00"
+
+
 def day_of(moment: datetime) -> date:
     return moment.astimezone(UTC).date()
 
@@ -76,12 +81,13 @@ def create(conn: Conn, table: str, days: Iterable[date]) -> list[str]:
         exists = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (partition,)).fetchone()
         if exists and exists[0]:
             continue
+        low, high = bounds(day)
         conn.execute(
             sql.SQL("CREATE TABLE {} PARTITION OF {} FOR VALUES FROM ({}) TO ({})").format(
                 sql.Identifier(partition),
                 sql.Identifier(table),
-                sql.Literal(f"{day.isoformat()} 00:00:00+00"),
-                sql.Literal(f"{(day + timedelta(days=1)).isoformat()} 00:00:00+00"),
+                sql.Literal(low),
+                sql.Literal(high),
             )
         )
         created.append(partition)
