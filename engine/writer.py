@@ -45,7 +45,7 @@ from .spool.codec import encode_records
 from .spool.spool import Spool, SpoolFull
 from .storage import Database, partitions
 from .storage.cluster import write_fenced
-from .storage.records import TABLES, insert_records
+from .storage.records import ID_TURN, TABLES, IdTurn, insert_records
 
 logger = logging.getLogger(__name__)
 _TIMESTAMP = operator.attrgetter("timestamp")
@@ -172,6 +172,7 @@ class BatchWriter:
         self._in_flight = self._writing = 0
         slots = trio.Semaphore(self.concurrency)
         previous: trio.Event | None = None
+        turn: IdTurn | None = None
         async with trio.open_nursery() as nursery:
             open_ = True
             while open_ or self._in_flight < len(self._pending):
@@ -187,7 +188,8 @@ class BatchWriter:
                 if not self.spooling:
                     await self._ensure_days(chunk)
                 done = trio.Event()
-                nursery.start_soon(self._flush, chunk, previous, done, slots)
+                turn = IdTurn(turn.taken if turn is not None else None)
+                nursery.start_soon(self._flush, chunk, previous, done, slots, turn)
                 previous = done
         self.send_channel.close()
         for ticket in self._tickets:  # only reachable if the input ended mid-batch
@@ -262,16 +264,20 @@ class BatchWriter:
         previous: trio.Event | None,
         done: trio.Event,
         slots: trio.Semaphore,
+        turn: IdTurn,
     ) -> None:
         """Write one batch, then publish it once the batch before it is published.
 
         Up to ``concurrency`` batches are written at once, each in its own transaction, so
-        formatting one overlaps PostgreSQL's work on another; publishing stays in order.
+        formatting one overlaps PostgreSQL's work on another; publishing stays in order,
+        and so do record ids (``turn``, see :class:`IdTurn`).
         """
+        ID_TURN.set(turn)  # this task's context, inherited by its worker threads
         try:
             by_source: dict[str, list[Record]] = {}
             for record in chunk:
                 by_source.setdefault(record.source, []).append(record)
+            turn.remaining = len(by_source)
             written = [await self._write(records) for records in by_source.values()]
             if previous is not None:
                 await previous.wait()
@@ -286,6 +292,7 @@ class BatchWriter:
             while self._tickets and self._tickets[0]._end <= self._flushed:
                 self._tickets.pop(0).done.set()
         finally:
+            turn.end()
             self._writing -= 1
             if not self._writing and self._linger is not None:
                 self._linger.cancel()  # the writer is idle: write what has gathered

@@ -3,8 +3,10 @@ the writer hops to threads)."""
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, date, datetime
 from decimal import Decimal
+from typing import Any
 
 import attrs
 import orjson
@@ -17,7 +19,7 @@ from engine.models import ConnectorSpec, Record, StoredRecord, evolve_record
 from engine.retention import Retention
 from engine.storage import Database, migrations, partitions
 from engine.storage.connectors import insert_connector
-from engine.storage.records import SMALL_BATCH, insert_records
+from engine.storage.records import ID_TURN, SMALL_BATCH, IdTurn, insert_records
 from engine.writer import BatchWriter
 
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
@@ -47,11 +49,11 @@ async def test_migrations_are_idempotent(settings: Settings) -> None:
         assert await db.run(migrations.applied_version) == migrations.latest_version()
 
 
-@pytest.mark.parametrize("filler", [0, SMALL_BATCH], ids=["insert-values", "copy"])
+@pytest.mark.parametrize("filler", [0, SMALL_BATCH], ids=["json", "copy"])
 async def test_insert_is_exact_and_idempotent(
     settings: Settings, database_dsn: str, filler: int
 ) -> None:
-    # A few rows take one INSERT … VALUES; more than SMALL_BATCH go by COPY (text format).
+    # A few rows take one INSERT from JSON; more than SMALL_BATCH go by COPY (text format).
     extra = [record(1000 + i) for i in range(filler)]
     async with Database.open(settings) as db:
         batch = [record(1), record(2, price="42219.90"), *extra]
@@ -199,13 +201,15 @@ async def test_retention_deletes_old_rows_in_batches_honouring_connector_policy(
     assert left == [("conn_a", 5), ("conn_keep", 3)]
 
 
+@pytest.mark.parametrize("size", [10, SMALL_BATCH + 1], ids=["json", "copy"])
 @pytest.mark.parametrize("source", ["websocket", "rest"])
-async def test_copy_keeps_every_character_and_value_exactly(
-    settings: Settings, database_dsn: str, source: str
+async def test_inserts_keep_every_character_and_value_exactly(
+    settings: Settings, database_dsn: str, source: str, size: int
 ) -> None:
-    """COPY's text format escapes what it must: backslashes, tabs, newlines and carriage
-    returns in any text column and in a pretty-printed payload come back as sent, with
-    numbers, times (to the microsecond), NULLs and the REST columns."""
+    """Both insert paths — a small batch as one JSON parameter, a larger one by COPY's
+    text format — keep what they must: backslashes, tabs, newlines and carriage returns in
+    any text column and in a pretty-printed payload come back as sent, with numbers,
+    times (to the microsecond), NULLs and the REST columns."""
     nasty = 'a\\b\tc\nd\re "q" é \\N'
     payload = b'{\n\t"s": "x\\\\y\\ttab \\u00e9",\r\n  "n": [1, 2.50, null]\n}'
     when = datetime(2026, 12, 5, 1, 2, 3, 456789, tzinfo=UTC)
@@ -226,7 +230,7 @@ async def test_copy_keeps_every_character_and_value_exactly(
             message_number=i // 3 if source == "websocket" else None,
             ask_size="2.5" if i % 5 == 0 else None,
         )
-        for i in range(SMALL_BATCH + 1)  # past SMALL_BATCH: the COPY path
+        for i in range(size)
     ]
     async with Database.open(settings) as db:
         stored, duplicates = await db.run(insert_records, batch)
@@ -250,3 +254,38 @@ async def test_copy_keeps_every_character_and_value_exactly(
             assert (row[9], row[10]) == (nasty, i // 3)
         else:
             assert (row[9], row[10]) == (200, 0.1 + 0.2)
+
+
+@pytest.mark.parametrize("size", [10, SMALL_BATCH + 1], ids=["json", "copy"])
+async def test_concurrent_batches_take_record_ids_in_batch_order(
+    settings: Settings, size: int
+) -> None:
+    """The writer writes two batches at once; ids must follow the order it formed them
+    (and publishes them in). Batch A's thread is held up before it writes: without turns
+    batch B takes the lower ids, with them A still does (:class:`IdTurn`)."""
+
+    def held_up(conn: psycopg.Connection[Any], records: list[Record]) -> Any:
+        time.sleep(0.3)
+        return insert_records(conn, records)
+
+    async def write(
+        db: Database, fn: Any, records: list[Record], turn: IdTurn | None, out: list[int]
+    ) -> None:
+        ID_TURN.set(turn)
+        stored, _ = await db.sink(fn, records)
+        out += [s.id for s in stored]
+
+    async with Database.open(settings) as db:
+        for ordered in (False, True):
+            base = 10_000 * (1 + ordered)
+            a = [record(base + i) for i in range(size)]
+            b = [record(base + 5_000 + i) for i in range(size)]
+            first = IdTurn(None) if ordered else None
+            second = IdTurn(first.taken) if first is not None else None
+            ids_a: list[int] = []
+            ids_b: list[int] = []
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(write, db, held_up, a, first, ids_a)
+                await trio.sleep(0.05)
+                nursery.start_soon(write, db, insert_records, b, second, ids_b)
+            assert (max(ids_a) < min(ids_b)) is ordered
