@@ -3,9 +3,12 @@ subscribers.
 
 Each record is serialized once, whatever the number of subscribers: subscribers share the
 same frame strings. Every subscriber has its own bounded queue, filled with
-``send_nowait``: the hub never waits for a subscriber. The bound is ``max_lag`` frames
-waiting, however they are batched. A subscriber past it is *lagged*: its queue is closed,
-the subscription records why, and the web handler tells the client and disconnects it.
+``send_nowait``: the hub never waits for a subscriber. The bound is ``max_lag`` records
+waiting, however they are batched: a subscriber that still has that many queued when the
+next commit is published is *lagged*: its queue is closed, the subscription records why,
+and the web handler tells the client and disconnects it. A subscriber that has kept up
+takes the next commit whatever its size, so a queue holds at most ``max_lag`` records plus
+one publish.
 
 Each publish costs one frame write per subscriber, so with many subscribers the hub
 gathers commits for a moment (50 µs per subscriber, at most 50 ms; no wait for a single
@@ -417,6 +420,12 @@ class BroadcastHub:
         self.records_in += len(batch)
         if not self._subscribers:
             return
+        # Lag is what a subscriber still has queued from earlier publishes: one that has
+        # kept up takes this batch whatever its size (a commit after a stall, or the
+        # gathered commits of a linger, can be bigger than ``max_lag``).
+        for sub in list(self._subscribers):
+            if sub.queued >= self.max_lag:
+                self._lagged(sub)
         for i in range(0, len(batch), FRAME_RECORDS):
             self._publish(batch[i : i + FRAME_RECORDS] if len(batch) > FRAME_RECORDS else batch)
 
@@ -462,19 +471,22 @@ class BroadcastHub:
 
     def _offer(self, sub: Subscription, frames: Frames) -> bool:
         try:
-            if sub.queued + len(frames) > self.max_lag:
-                raise trio.WouldBlock
             sub._send.send_nowait(frames)
-        except trio.WouldBlock:
-            self.lagged_disconnects += 1
-            logger.warning("realtime subscriber lagged behind; disconnecting it")
-            self._close(sub, "lagged")
+        except trio.WouldBlock:  # QUEUE_BATCHES batches waiting: lagged too
+            self._lagged(sub)
             return False
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             self._subscribers.discard(sub)
             return False
         sub.queued += len(frames)
         return True
+
+    def _lagged(self, sub: Subscription) -> None:
+        self.lagged_disconnects += 1
+        logger.warning(
+            "realtime subscriber lagged behind (%d records queued); disconnecting it", sub.queued
+        )
+        self._close(sub, "lagged")
 
     def _close(self, sub: Subscription, reason: str) -> None:
         sub.closed_reason = reason

@@ -97,6 +97,20 @@ async def test_slow_subscriber_is_lagged_and_others_keep_everything() -> None:
     assert stats.frames_encoded == 10  # once per record, not once per subscriber
 
 
+async def test_a_subscriber_that_keeps_up_takes_a_commit_bigger_than_max_lag() -> None:
+    # A commit after a stall (or the commits a linger gathers) can hold more records than
+    # max_lag; only what is still queued from earlier publishes counts as lag.
+    h = hub()
+    with h.subscribe() as sub:
+        h.publish([stored(n) for n in range(12)])
+        assert sub.closed_reason is None
+        received = [frame for batch in sub.waiting(up_to=100) for frame in batch]
+        assert len(received) == 12
+        h.publish([stored(n) for n in range(12, 20)])
+        h.publish([stored(20)])  # 8 still queued (≥ max_lag 5): now it lags
+        assert sub.closed_reason == "lagged"
+
+
 async def test_no_subscribers_means_no_serialization() -> None:
     h = hub()
     h.publish([stored(1), stored(2)])
