@@ -56,6 +56,9 @@ class Settings:
     #: Seconds a batch write may take before the database counts as unavailable (stalled)
     #: and records go to the spool.
     write_timeout: float = 10.0
+    #: Seconds a client may take no data of one write before it is disconnected
+    #: (``server/write_deadline.py``).
+    send_timeout: float = 15.0
     max_frame_bytes: int = 4 * 1024 * 1024
     connector_buffer_bytes: int = 64 * 1024 * 1024
     realtime_max_lag: int = 20_000
@@ -107,6 +110,7 @@ class Settings:
             spool_fsync=_choice(env, "SLUICE_SPOOL_FSYNC", "batch", ("batch", "never")),
             spool_replay_rate=_int(env, "SLUICE_SPOOL_REPLAY_RATE", 50_000, 0, 10_000_000),
             write_timeout=_float(env, "SLUICE_WRITE_TIMEOUT", 10.0, 0.1, 3600),
+            send_timeout=_float(env, "SLUICE_SEND_TIMEOUT", 15.0, 0.1, 3600),
             max_frame_bytes=_int(env, "SLUICE_MAX_FRAME_BYTES", 4 * 1024 * 1024, 1024, 2**30),
             connector_buffer_bytes=_int(
                 env, "SLUICE_CONNECTOR_BUFFER_BYTES", 64 * 1024 * 1024, 1024, 2**34

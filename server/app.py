@@ -22,7 +22,7 @@ from quart_trio import QuartTrio
 from engine.config import Settings
 from engine.engine import Engine
 
-from . import wsframes
+from . import write_deadline, wsframes
 from .context import ENGINE_KEY
 from .logs import set_instance
 from .responses import detail, install_error_handlers
@@ -52,6 +52,7 @@ def create_app(engine: Engine | None = None, settings: Settings | None = None) -
         engine = Engine(settings or Settings.from_env())
         set_instance(engine.instance_id)
     app.extensions[ENGINE_KEY] = engine
+    write_deadline.install(engine.settings.send_timeout)  # a client that stops reading goes
     # Background tasks get the drain deadline before the nursery is cancelled.
     app.config["BACKGROUND_TASK_SHUTDOWN_TIMEOUT"] = engine.settings.drain_timeout + 5
     install_error_handlers(app)

@@ -14,6 +14,7 @@ from engine.instrument import task_tree
 from engine.metrics import Exposition
 from engine.storage import migrations, queries
 
+from .. import write_deadline
 from ..context import engine
 from ..responses import json_response
 
@@ -219,6 +220,12 @@ async def metrics() -> Response:
         "counter",
         "Subscribers dropped for lagging.",
         [(None, hs.lagged_disconnects)],
+    )
+    out.family(
+        "sluice_http_send_timeouts_total",
+        "counter",
+        "Connections closed because a client took no data for SLUICE_SEND_TIMEOUT.",
+        [(None, write_deadline.stalled["count"])],
     )
     out.family(
         "sluice_hub_frames_encoded_total",
