@@ -567,6 +567,7 @@
     const body = h("tbody", { id: "tail-rows" });
     const pauseButton = h("button", { id: "pause", text: "Pause" });
     const counter = h("span", { class: "muted", id: "tail-count", text: "0 records" });
+    const skips = h("span", { class: "muted", id: "tail-skips", hidden: true });
     const worker = new Worker("/console/tail-worker.js");
     let paused = false;
     const filter = { instrument: "", type: "" };
@@ -637,6 +638,11 @@
         if (m.closed !== 1000 && m.closed !== 1001) notice("The live tail closed (" + m.closed + "); reload to reconnect.", true);
         return;
       }
+      if (m.skipped !== undefined) {
+        skips.textContent = "fell behind, skipped ahead " + m.skipped + (m.skipped === 1 ? " time" : " times");
+        skips.hidden = false;
+        return;
+      }
       counter.textContent = fmtNumber(m.received) + " records";
       if (m.rows) rows(m.rows);
       if (m.instruments) {
@@ -656,7 +662,7 @@
     return h(
       "div",
       { class: "panel" },
-      h("div", { class: "toolbar" }, h("h2", { text: "Live tail" }), pauseButton, instrument, type, counter),
+      h("div", { class: "toolbar" }, h("h2", { text: "Live tail" }), pauseButton, instrument, type, counter, skips),
       h(
         "div",
         { class: "tail" },

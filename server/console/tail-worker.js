@@ -1,6 +1,8 @@
 // The live tail's worker: it owns the realtime socket, so parsing a 30,000 msg/s feed never
-// competes with the page for its main thread (a tab that stops reading is cut off by the
-// server with 1008 once it is SLUICE_REALTIME_MAX_LAG records behind). Five times a second
+// competes with the page for its main thread. A tab that cannot keep up is cut off by the
+// server with 1008 "lagged" once it is SLUICE_REALTIME_MAX_LAG records behind: a tail is a
+// view, not an archive, so the worker then opens a new socket, which starts at the live
+// edge, and tells the page how often it skipped ahead. Five times a second
 // it posts the page what changed: the newest matching records (at most ROWS), the count,
 // the instruments seen, and the chart series of the chosen instrument, one point per
 // BUCKET seconds (the last trade, bid and ask in it) over the last CHART_SECONDS.
@@ -89,16 +91,31 @@ function post() {
   self.postMessage(out);
 }
 
+const SKIP_AHEAD_MS = 500;
+let skipped = 0;
+
+function open(url, protocols) {
+  const socket = new WebSocket(url, protocols);
+  socket.onmessage = (e) => {
+    const frame = JSON.parse(e.data);
+    if (frame.type === "data_batch") take(frame.records);
+    else if (frame.type === "data_update") take([frame]);
+  };
+  socket.onclose = (e) => {
+    if (e.code === 1008 && e.reason === "lagged") {
+      skipped += 1;
+      self.postMessage({ skipped });
+      setTimeout(() => open(url, protocols), SKIP_AHEAD_MS);
+    } else {
+      self.postMessage({ closed: e.code });
+    }
+  };
+}
+
 self.onmessage = (event) => {
   const m = event.data;
   if (m.open) {
-    const socket = new WebSocket(m.open.url, m.open.protocols);
-    socket.onmessage = (e) => {
-      const frame = JSON.parse(e.data);
-      if (frame.type === "data_batch") take(frame.records);
-      else if (frame.type === "data_update") take([frame]);
-    };
-    socket.onclose = (e) => self.postMessage({ closed: e.code });
+    open(m.open.url, m.open.protocols);
     setInterval(post, POST_MS);
   }
   if ("paused" in m) paused = m.paused;
