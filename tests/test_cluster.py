@@ -261,7 +261,9 @@ async def test_a_subscriber_on_one_instance_gets_every_instances_records_once(
                     continue
                 for record in frame["records"]:
                     seen[record["id"]] += 1
-                    by_connector[record["connector_id"]].append(record["data"]["t"])
+                    if seen[record["id"]] == 1:  # a repeat (allowed at or below `last`,
+                        # see below) is not a new record: order is judged on first arrivals
+                        by_connector[record["connector_id"]].append(record["data"]["t"])
                 if not cut and min(len(v) for v in by_connector.values()) >= 30:
                     cut = max(seen)
     # Once each. The exception the protocol allows across instances (docs/api.md): ids

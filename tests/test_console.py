@@ -15,12 +15,14 @@ missing and this runs as root (``.ci/run`` does the same).
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import os
 import shutil
 import subprocess
 import sys
+from collections.abc import AsyncIterator
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -214,6 +216,21 @@ CONNECTORS = 1_000
 FEED_RATE = 30_000
 
 
+@contextlib.asynccontextmanager
+async def firehose() -> AsyncIterator[int]:
+    """The bench's firehose at ``FEED_RATE``, a process of its own; yields its port."""
+    process = await trio.lowlevel.open_process(
+        [sys.executable, "-m", "bench.firehose", "--count", "600000", "--rate", str(FEED_RATE)],
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert process.stdout is not None
+        yield int((await process.stdout.receive_some(100)).split()[1])
+    finally:
+        process.kill()
+        await process.wait()
+
+
 async def test_the_console_stays_responsive_with_1000_connectors_and_a_30k_feed(
     nursery: trio.Nursery, settings: Settings
 ) -> None:
@@ -221,14 +238,7 @@ async def test_the_console_stays_responsive_with_1000_connectors_and_a_30k_feed(
     page with its tail and chart under a 30,000 msg/s feed (the bench's firehose, its own
     process): responsive after the first render (see ``responsive``), the tail bounded."""
     service: Service = await nursery.start(partial(serve, settings, handle_signals=False))
-    firehose = await trio.lowlevel.open_process(
-        [sys.executable, "-m", "bench.firehose", "--count", "600000", "--rate", str(FEED_RATE)],
-        stdout=subprocess.PIPE,
-    )
-    try:
-        assert firehose.stdout is not None
-        line = await firehose.stdout.receive_some(100)
-        port = int(line.split()[1])
+    async with firehose() as port:
         async with httpx.AsyncClient(base_url=service.url, timeout=30) as client:
             for i in range(CONNECTORS - 1):
                 body = {"name": f"idle {i:04d}", "api_url": f"ws://127.0.0.1:{port}/binance"}
@@ -241,9 +251,6 @@ async def test_the_console_stays_responsive_with_1000_connectors_and_a_30k_feed(
             seen = await trio.to_thread.run_sync(
                 partial(drive_under_load, executable, service.url, feed)
             )
-    finally:
-        firehose.kill()
-        await firehose.wait()
     print("console under load:", {k: v for k, v in seen.items()})
     assert seen["rows"] == CONNECTORS
     assert seen["errors"] == []
@@ -299,13 +306,7 @@ async def test_a_tail_that_falls_behind_skips_ahead_and_goes_on(
     service: Service = await nursery.start(
         partial(serve, evolve(settings, realtime_max_lag=100), handle_signals=False)
     )
-    firehose = await trio.lowlevel.open_process(
-        [sys.executable, "-m", "bench.firehose", "--count", "600000", "--rate", str(FEED_RATE)],
-        stdout=subprocess.PIPE,
-    )
-    try:
-        assert firehose.stdout is not None
-        port = int((await firehose.stdout.receive_some(100)).split()[1])
+    async with firehose() as port:
         async with httpx.AsyncClient(base_url=service.url, timeout=30) as client:
             body = {"name": "firehose", "api_url": f"ws://127.0.0.1:{port}/binance"}
             feed = (await client.post("/api/connectors", json=body)).json()["connector_id"]
@@ -315,9 +316,6 @@ async def test_a_tail_that_falls_behind_skips_ahead_and_goes_on(
             seen = await trio.to_thread.run_sync(
                 partial(drive_skipping, executable, service.url, feed)
             )
-    finally:
-        firehose.kill()
-        await firehose.wait()
     print("tail skipping ahead:", seen)
     assert seen["errors"] == []
     assert seen["skips"].startswith("fell behind, skipped ahead")
