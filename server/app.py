@@ -52,7 +52,7 @@ def create_app(engine: Engine | None = None, settings: Settings | None = None) -
         engine = Engine(settings or Settings.from_env())
         set_instance(engine.instance_id)
     app.extensions[ENGINE_KEY] = engine
-    write_deadline.install(engine.settings.send_timeout)  # a client that stops reading goes
+    write_deadline.install(engine.settings.send_timeout)  # cut off clients that stop reading
     # Background tasks get the drain deadline before the nursery is cancelled.
     app.config["BACKGROUND_TASK_SHUTDOWN_TIMEOUT"] = engine.settings.drain_timeout + 5
     install_error_handlers(app)

@@ -22,7 +22,7 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -131,15 +131,11 @@ async def test_the_console_in_a_real_browser(
 
 def drive(executable: str, base: str, rest_url: str, ws_url: str) -> dict[str, Any]:
     """The browser session (Playwright's sync API, in a worker thread)."""
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     seen: dict[str, Any] = {"dialogs": [], "errors": []}
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
-        page.add_init_script(WATCH)
+    with _page(executable, seen, accept_downloads=True) as page:
         page.on("dialog", lambda d: (seen["dialogs"].append(d.message), d.dismiss()))
-        page.on("pageerror", lambda e: seen["errors"].append(str(e)))
         page.goto(base + "/")
         page.fill("#token-input", TOKEN)
         page.click("#token-form button")
@@ -204,12 +200,31 @@ def drive(executable: str, base: str, rest_url: str, ws_url: str) -> dict[str, A
         expect(page.locator("#sys-pipeline dl").first).to_be_visible()
         page.screenshot(path=str(ARTIFACTS / "system.png"), full_page=True)
         seen["csp"] = page.evaluate("window.__cspViolations")
-        browser.close()
     return seen
 
 
 def _number(text: str) -> int:
     return int(text.replace(",", "") or 0)
+
+
+def _tail_count(page: Any) -> int:
+    """The records the live tail says it received."""
+    return _number(page.locator("#tail-count").inner_text().split()[0])
+
+
+@contextlib.contextmanager
+def _page(executable: str, seen: dict[str, Any], **options: Any) -> Iterator[Any]:
+    """A page in headless Chromium watching long tasks (``WATCH``), its script errors
+    going to ``seen["errors"]``; the browser closes after."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000}, **options)
+        page.add_init_script(WATCH)
+        page.on("pageerror", lambda e: seen["errors"].append(str(e)))
+        yield page
+        browser.close()
 
 
 CONNECTORS = 1_000
@@ -267,14 +282,10 @@ async def test_the_console_stays_responsive_with_1000_connectors_and_a_30k_feed(
 
 
 def drive_under_load(executable: str, base: str, feed: str) -> dict[str, Any]:
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     seen: dict[str, Any] = {"errors": []}
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.add_init_script(WATCH)
-        page.on("pageerror", lambda e: seen["errors"].append(str(e)))
+    with _page(executable, seen) as page:
         page.goto(base + "/")
         expect(page.locator("#connectors tbody tr")).to_have_count(CONNECTORS, timeout=30_000)
         page.evaluate("window.__longTasks = []")  # the first render of 1,000 rows aside
@@ -289,11 +300,10 @@ def drive_under_load(executable: str, base: str, feed: str) -> dict[str, Any]:
         page.wait_for_timeout(5000)
         seen["detail_long_tasks"] = page.evaluate("window.__longTasks")
         seen["tail_rows"] = page.locator("#tail-rows tr").count()
-        seen["tail_received"] = _number(page.locator("#tail-count").inner_text().split()[0])
+        seen["tail_received"] = _tail_count(page)
         seen["notice"] = page.locator("#notice").inner_text()
         seen["skips"] = page.locator("#tail-skips").inner_text()
         page.screenshot(path=str(ARTIFACTS / "connector-detail-30k.png"), full_page=True)
-        browser.close()
     return seen
 
 
@@ -324,20 +334,16 @@ async def test_a_tail_that_falls_behind_skips_ahead_and_goes_on(
 
 
 def drive_skipping(executable: str, base: str, feed: str) -> dict[str, Any]:
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     seen: dict[str, Any] = {"errors": []}
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.on("pageerror", lambda e: seen["errors"].append(str(e)))
+    with _page(executable, seen) as page:
         page.goto(base + "/#/connectors/" + feed)
         expect(page.locator("#tail-skips")).to_be_visible(timeout=60_000)
-        seen["received_before"] = _number(page.locator("#tail-count").inner_text().split()[0])
+        seen["received_before"] = _tail_count(page)
         page.wait_for_timeout(2000)
-        seen["received_after"] = _number(page.locator("#tail-count").inner_text().split()[0])
+        seen["received_after"] = _tail_count(page)
         seen["skips"] = page.locator("#tail-skips").inner_text()
         seen["notice"] = page.locator("#notice").inner_text()
         page.screenshot(path=str(ARTIFACTS / "connector-detail-skipping.png"), full_page=True)
-        browser.close()
     return seen
