@@ -59,6 +59,8 @@ class Coordinated(Protocol):
 
     async def reconcile(self) -> None: ...
 
+    async def claim(self, connector_id: str) -> bool: ...
+
     async def announce_control(self, op: str, connector_id: str) -> None: ...
 
     def owns(self, connector_id: str) -> bool: ...
@@ -160,6 +162,8 @@ class ConnectorManager:
         if self.coordinator is not None:
             if not await self.db.run(sql.set_desired_state, connector_id, "running"):
                 raise NotFound(f"connector {connector_id} not found")
+            if await self.coordinator.claim(connector_id):
+                return self.status(connector_id)  # start_local persisted it
             await self.coordinator.reconcile()
             await self.coordinator.announce_control("start", connector_id)
             if not self.coordinator.owns(connector_id):

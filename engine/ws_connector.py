@@ -264,15 +264,19 @@ class WebSocketConnector:
         pongs_seen = conn.pongs
         last_data = now
         while True:
+            # One cancel scope per timer, not per message: entering and leaving a scope
+            # for every receive was ≈ 15% of the engine's CPU with 200 quiet connectors.
+            # The scope ends at the earliest timer as it stood when it began; only then are
+            # the timers judged (a pong or newer data seen by then simply moves them on).
             stale_at = last_data + spec.stale_timeout if spec.stale_timeout > 0 else inf
-            messages: list[bytes] = []
             with trio.move_on_at(min(next_ping, next_app_ping, pong_due, stale_at)):
-                messages = await conn.receive_messages()
+                while True:
+                    messages = await conn.receive_messages()
+                    last_data = trio.current_time()
+                    self._accept(messages)
+                    self.backoff.succeeded(last_data)
             now = trio.current_time()
-            if messages:
-                last_data = now
-                self._accept(messages)
-                self.backoff.succeeded(now)
+            stale_at = last_data + spec.stale_timeout if spec.stale_timeout > 0 else inf
             if conn.pongs != pongs_seen:
                 pongs_seen, pong_due = conn.pongs, inf
             if now >= pong_due:

@@ -15,10 +15,12 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
+import attrs
 import orjson
 import psycopg
 
-from ..models import Record, StoredRecord
+from ..models import ConnectorSpec, Record, StoredRecord
+from .connectors import get_connector
 from .records import TABLES, insert_records, with_lost_attempt
 
 Conn = psycopg.Connection[Any]
@@ -147,6 +149,47 @@ def acquire(
     previous = before[0] if before else None
     ended = before[1] if before else None
     return int(row[0]), (previous if previous != instance_id else None), ended
+
+
+@attrs.frozen
+class Claim:
+    """A lease taken by :func:`claim`: the new epoch, who held it before and how that one
+    ended (as :func:`acquire` says), the connector's definition and when its newest stored
+    record arrived (the start of its gap; ``None`` if it never stored one)."""
+
+    epoch: int
+    previous: str | None
+    ended: str | None
+    spec: ConnectorSpec
+    since: datetime | None
+
+
+def claim(
+    conn: Conn,
+    connector_id: str,
+    instance_id: str,
+    ttl: float,
+    room: Callable[[int], bool] | None = None,
+) -> Claim | None:
+    """Take one connector's lease, with what starting it needs, in one transaction.
+
+    With ``room``, only if this instance has room for it: ``room(n)`` says whether its
+    share of ``n`` wanted connectors exceeds what it holds. ``None``: no room, the lease
+    is held, or the connector is gone."""
+    if room is not None:
+        wanted = conn.execute(
+            "SELECT count(*) FROM api_connectors WHERE desired_state = 'running'"
+        ).fetchone()
+        if not room(int(wanted[0]) if wanted else 0):
+            return None
+    spec = get_connector(conn, connector_id)
+    if spec is None:
+        return None
+    taken = acquire(conn, connector_id, instance_id, ttl)
+    if taken is None:
+        return None
+    since = last_received(conn, connector_id, TABLES[spec.protocol])
+    return Claim(*taken, spec, since)
 
 
 def release(conn: Conn, connector_id: str, instance_id: str, epoch: int, *, hand_on: bool) -> None:
