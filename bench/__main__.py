@@ -251,6 +251,17 @@ def smoke() -> list[tuple[Scenario, Target | None]]:
             ),
             None,
         ),
+        (
+            Scenario(
+                "smoke-cluster",
+                "smoke: 2 instances, 4 connectors",
+                200,
+                rate=200,
+                connections=4,
+                instances=2,
+            ),
+            None,
+        ),
     ]
 
 

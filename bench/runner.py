@@ -414,6 +414,9 @@ class Scenario:
     soak: bool = False  # sample RSS every second and report its slope
     compression: bool = False  # subscribers offer permessage-deflate
     max_lag: int = 1_000_000  # SLUICE_REALTIME_MAX_LAG: max-rate runs let subscribers lag
+    #: ``sluice serve`` processes on the one database (a cluster); connectors are created
+    #: and started through the first, which the subscribers also connect to.
+    instances: int = 1
 
     @property
     def expected(self) -> int:
@@ -540,15 +543,36 @@ def run_scenario(
             "SLUICE_REALTIME_MAX_LAG": str(scenario.max_lag),
             "SLUICE_REALTIME_MAX_SUBSCRIBERS": str(max(1000, scenario.subscribers + 10)),
         }
-        server, line = stack.enter_context(
-            process(["-m", "server.cli", "serve", "--port", "0"], env, ready="listening on")
-        )
+        servers = [
+            stack.enter_context(
+                process(
+                    ["-m", "server.cli", "serve", "--port", "0"],
+                    {**env, "SLUICE_DATA_DIR": os.path.join(tmp, f"i{k}")},
+                    ready="listening on",
+                )
+            )
+            for k in range(scenario.instances)
+        ]
+        server, line = servers[0]
+        urls = [re.search(r"(http://\S+)", ready).group(1) for _, ready in servers]  # type: ignore[union-attr]
+        if scenario.instances > 1:
+            _await_cluster(urls[0], scenario.instances)
         fire_args = ["-m", "bench.firehose", "--count", str(scenario.count)]
         fire_args += ["--rate", str(scenario.rate)]
         firehose, fire_line = stack.enter_context(process(fire_args, ready="PORT"))
         base = re.search(r"(http://\S+)", line).group(1)  # type: ignore[union-attr]
         port = int(fire_line.split()[1])
         client = stack.enter_context(httpx.Client(base_url=base, timeout=60))
+        peers = [stack.enter_context(httpx.Client(base_url=u, timeout=60)) for u in urls[1:]]
+
+        def read_metrics() -> dict[str, float]:
+            """Every instance's metrics, summed (counters and histogram buckets add up)."""
+            total = parse_metrics(client.get("/metrics").text)
+            for peer in peers:
+                for key, value in parse_metrics(peer.get("/metrics").text).items():
+                    total[key] = total.get(key, 0.0) + value
+            return total
+
         subscribers = _start_subscribers(stack, base, scenario)
 
         bodies: list[dict[str, Any]] = [
@@ -573,15 +597,15 @@ def run_scenario(
             response.raise_for_status()
             ids.append(response.json()["connector_id"])
 
-        engine = psutil.Process(server.pid)
+        engines = [psutil.Process(p.pid) for p, _ in servers]
         cpu = CpuMeter(
             {
-                "engine": lambda: [engine],
+                "engine": lambda: engines,
                 "postgres": postgres_processes,
                 "load": lambda: [psutil.Process(p.pid) for p in [firehose, *subscribers]],
             }
         )
-        metrics_before = parse_metrics(client.get("/metrics").text)
+        metrics_before = read_metrics()
         rss: list[tuple[float, float]] = []
         stall = "pending" if proxy else "none"
         # After the stall: when writing resumed, and when the spool was empty again with
@@ -600,8 +624,9 @@ def run_scenario(
                     response.raise_for_status()
             while True:
                 elapsed = time.perf_counter() - started
-                metrics = parse_metrics(client.get("/metrics").text)
-                rss.append((elapsed, engine.memory_info().rss / 2**20))
+                metrics = read_metrics()
+                # The largest process (instances are separate processes, each its own RSS).
+                rss.append((elapsed, max(e.memory_info().rss for e in engines) / 2**20))
                 stored = metrics.get("sluice_writer_rows_total", 0.0)
                 received = metrics.get("sluice_connector_messages_received_total", 0.0)
                 if proxy and stall == "pending" and elapsed >= scenario.stall_at:
@@ -650,9 +675,10 @@ def run_scenario(
         rows = int(row[0] + row[1])
         progress.done(f"{scenario.key}: done in {elapsed:.1f} s")
         second_half = [(t, r) for t, r in rss if t >= elapsed / 2]
+        output = [text for p, _ in servers for text in output_of(p)]
         steps = [
             float(m.group(1))
-            for text in output_of(server)
+            for text in output
             if (m := re.search(r"slow task step: .* took ([0-9.]+) ms", text))
         ]
         result: dict[str, Any] = {
@@ -679,7 +705,7 @@ def run_scenario(
             "peak_rss_mib": max(r for _, r in rss),
             "rss_slope_mib_per_min": _slope(second_half) * 60 if scenario.soak else None,
             "slow_steps": len(steps),
-            "slow_gc": sum("garbage collection" in text for text in output_of(server)),
+            "slow_gc": sum("garbage collection" in text for text in output),
             "slowest_step_ms": max(steps, default=0.0),
             "gaps": int(metrics.get("sluice_connector_messages_gap_total", 0)),
             "rejected": int(metrics.get("sluice_connector_messages_rejected_total", 0)),
@@ -690,7 +716,7 @@ def run_scenario(
             result["spooled"] = int(metrics.get("sluice_spool_records_total", 0))
             result["replay_per_s"] = replayed / catch_up
             result["replay_ratio"] = replayed / catch_up / scenario.rate if scenario.rate else 0
-        final = parse_metrics(client.get("/metrics").text)
+        final = read_metrics()
         flush = "sluice_writer_flush_seconds"
         result["flush_p50_ms"] = 1000 * histogram_quantile(final, metrics_before, flush, 0.5)
         result["flush_p99_ms"] = 1000 * histogram_quantile(final, metrics_before, flush, 0.99)
@@ -705,6 +731,24 @@ def run_scenario(
             result["skipped_ticks"] = int(final.get("sluice_connector_skipped_ticks_total", 0))
             result["requests"] = int(final.get("sluice_connector_requests_total", 0))
         return result
+
+
+def _await_cluster(url: str, instances: int, timeout: float = 30.0) -> None:
+    """Until the first instance has seen every instance live in a heartbeat of its own (so
+    the quotas it computes when starting connectors count them all)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        rows = httpx.get(f"{url}/api/cluster", timeout=10).json()["instances"]
+        live = [r for r in rows if r["live"]]
+        me = next((r for r in rows if r["self"]), None)
+        if (
+            len(live) >= instances
+            and me is not None
+            and me["heartbeat_at"] > max(r["started_at"] for r in live)
+        ):
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"{instances} instances did not form a cluster within {timeout:g} s")
 
 
 def _start_subscribers(

@@ -1,12 +1,16 @@
 """How cost grows: the same load measured at 1, 10, 100 and 1,000 connectors (a fixed total
-rate spread over them) and at 1, 10, 100 and 1,000 realtime subscribers, each point a
-scenario of its own (``sweep-connectors-N``, ``sweep-subscribers-N``; ``--only
-sweep-connectors`` runs every point of one sweep). For each point: committed/s, p99
-latency and engine µs per record, drawn as SVG charts (matplotlib, in the ``bench``
-extra) that RESULTS.md and the README show, so a reader sees where the curve bends.
+rate spread over them), at 1, 10, 100 and 1,000 realtime subscribers, and at 1, 2 and 3
+``sluice serve`` instances on one database (12 connectors spread over them, the subscriber
+on the first, so two thirds of its records come relayed from the others), each point a
+scenario of its own (``sweep-connectors-N``, ``sweep-subscribers-N``,
+``sweep-instances-N``; ``--only sweep-connectors`` runs every point of one sweep). For
+each point: committed/s, p99 latency and engine µs per record (all instances' CPU
+together), drawn as SVG charts (matplotlib, in the ``bench`` extra) that RESULTS.md and
+the README show, so a reader sees where the curve bends.
 
-Instances 1 → 2 → 3 (the cluster) are not swept here: the runner drives one ``sluice
-serve``.
+Every instance runs on this one 2-core machine, so the instances sweep shows what the
+cluster *costs* (leases, fencing, the relay of records between instances), not how it
+scales out: on separate hosts each instance would have its own cores.
 """
 
 from __future__ import annotations
@@ -20,6 +24,9 @@ CHARTS = Path(__file__).parent / "charts"
 POINTS = (1, 10, 100, 1000)
 CONNECTORS_RATE = 10_000  # msg/s in total, spread over the connectors
 SUBSCRIBERS_RATE = 2_000  # msg/s, every record to every subscriber
+INSTANCES = (1, 2, 3)
+INSTANCES_CONNECTORS = 12  # 12, 6 + 6, 4 + 4 + 4
+INSTANCES_RATE = 12_000  # msg/s in total
 
 
 def sweep_scenarios(full: bool) -> list[Scenario]:
@@ -45,6 +52,19 @@ def sweep_scenarios(full: bool) -> list[Scenario]:
                 rate=SUBSCRIBERS_RATE,
                 subscribers=n,
                 max_lag=20_000,
+            )
+        )
+    for n in INSTANCES:
+        rate = INSTANCES_RATE / INSTANCES_CONNECTORS
+        out.append(
+            Scenario(
+                f"sweep-instances-{n}",
+                f"sweep: {n} instance(s) on one database, {INSTANCES_CONNECTORS} connectors"
+                f" sharing {INSTANCES_RATE:,} msg/s",
+                int(rate * seconds),
+                rate=rate,
+                connections=INSTANCES_CONNECTORS,
+                instances=n,
             )
         )
     return out
@@ -82,7 +102,7 @@ def draw(rows: list[tuple[Scenario, Any, dict[str, Any]]]) -> list[Path]:
         )
         for ax, (label, ys) in zip(axes, series, strict=True):
             ax.plot(xs, ys, marker="o", color="#1f6feb")
-            ax.set_xscale("log")
+            ax.set_xscale("log" if xs[-1] > 10 * xs[0] else "linear")
             ax.set_xticks(xs, [f"{x:,}" for x in xs])
             ax.set_xlabel(name.removeprefix("sweep-"))
             ax.set_title(label, fontsize=10)

@@ -339,6 +339,9 @@ class HubStatistics:
     frames_encoded: int
     notices: int
     lagged_disconnects: int
+    #: Records queued for subscribers, all together and the most any one has waiting.
+    queued_records: int = 0
+    queued_max: int = 0
 
 
 @attrs.define(eq=False)
@@ -502,4 +505,6 @@ class BroadcastHub:
             frames_encoded=self.frames_encoded,
             notices=self.notices,
             lagged_disconnects=self.lagged_disconnects,
+            queued_records=sum(s.queued for s in self._subscribers),
+            queued_max=max((s.queued for s in self._subscribers), default=0),
         )

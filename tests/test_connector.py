@@ -105,3 +105,29 @@ async def test_stop_forwards_what_was_buffered(nursery: trio.Nursery) -> None:
     total = sum([len(batch.frames) async for batch in receive])
     assert total == 500
     assert connector.statistics().status == "stopped"
+
+
+async def test_buffered_messages_keep_their_order_times_and_batch_bounds() -> None:
+    """A backlog is kept one joined chunk per receive; taking it out gives the same
+    messages, in order, with each receive's time, cut at any batch bound. A later receive
+    never overtakes a buffered one by the direct hand-on (the forwarder may still be
+    asleep with a chunk waiting)."""
+    send, receive = trio.open_memory_channel[SourceBatch](1)
+    connector = WebSocketConnector(spec("ws://127.0.0.1:9/", []), send, SansIOTransport())
+    connector._forward_idle = True  # as while the forwarding task waits
+    send.send_nowait(SourceBatch("x", None, [], [], None))  # the channel is full
+    connector._accept([b"a", b"bb", b""])
+    await receive.receive()  # room again, but "a", "bb", "" are still buffered
+    connector._accept([b"ccc"])
+    assert receive.statistics().current_buffer_used == 0  # "ccc" did not overtake them
+    assert connector.statistics().buffered_messages == 4
+    assert connector.statistics().buffered_bytes == 6
+    frames, times = connector._take_buffered(2)
+    assert frames == [b"a", b"bb"]
+    rest, later = connector._take_buffered(500)
+    assert rest == [b"", b"ccc"]
+    assert times[0] == times[1] == later[0] <= later[1]
+    assert connector.statistics().buffered_messages == 0
+    # With nothing buffered, a receive goes straight on.
+    connector._accept([b"dd"])
+    assert (await receive.receive()).frames == [b"dd"]

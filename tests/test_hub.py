@@ -86,6 +86,8 @@ async def test_slow_subscriber_is_lagged_and_others_keep_everything() -> None:
         received: list[str] = []
         for n in range(10):
             h.publish([stored(n)])
+            if n == 3:  # what each has waiting: slow 4 records, fast 1
+                assert (h.statistics().queued_records, h.statistics().queued_max) == (5, 4)
             received.extend(await fast.__anext__())  # fast reads as it goes; slow never does
         assert len(received) == 10
         assert slow.closed_reason == "lagged"

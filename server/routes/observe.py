@@ -222,6 +222,18 @@ async def metrics() -> Response:
         [(None, hs.lagged_disconnects)],
     )
     out.family(
+        "sluice_hub_queued_records",
+        "gauge",
+        "Records queued for realtime subscribers (all of them; the most behind: _max).",
+        [(None, hs.queued_records)],
+    )
+    out.family(
+        "sluice_hub_queued_records_max",
+        "gauge",
+        "Records queued for the realtime subscriber furthest behind.",
+        [(None, hs.queued_max)],
+    )
+    out.family(
         "sluice_http_send_timeouts_total",
         "counter",
         "Connections closed because a client took no data for SLUICE_SEND_TIMEOUT.",
