@@ -134,7 +134,11 @@ class _CommitWatch:
         if any(table in data for table in _RECORD_TABLES):
             self.wrote_records = True
         if _COMMIT in data:
+            # Claimed here, at the COMMIT, not when its reply comes: with two writer
+            # connections committing at once, both replies were swallowed (a flaky test).
             self.committing = self.proxy.losing_commit and self.wrote_records
+            if self.committing:
+                self.proxy.losing_commit = False
             self.wrote_records = False
         return False
 
@@ -142,7 +146,7 @@ class _CommitWatch:
         """True if ``data`` is a record COMMIT's reply, to be swallowed."""
         if not self.committing:
             return False
-        self.proxy.losing_commit = False
+        self.committing = False
         self.proxy.commit_replies_lost += 1
         return True
 
