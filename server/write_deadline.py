@@ -12,11 +12,19 @@ waiting 60 s after SIGTERM (``tests/test_lifecycle.py`` holds it).
 peer that takes no byte of a write for that long is disconnected — its socket closed, the
 app told it is gone — as a TCP peer that vanished would be. The shield stays, so a
 cancellation still never cuts a frame in half for a peer that reads.
+
+While it owns that write, it also makes the common case cheap: when nobody else is
+writing to the connection, the bytes go straight to the socket (``os.write`` on its
+non-blocking descriptor), and only what the socket did not take goes through Trio's
+``send_all`` under the shield and the deadline. Measured with 1,000 realtime subscribers
+(bench/README.md): p99 1.7 to 4.0 s became 1.0 to 1.6 s, the subscriber processes then being the
+busy side of the machine.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 import trio
@@ -34,22 +42,58 @@ stalled = {"count": 0}
 async def _protocol_send(self: Any, event: Event) -> None:
     if not isinstance(event, RawData):
         return await _ORIGINAL(self, event)
-    async with self.send_lock:
-        with trio.CancelScope(shield=True):
-            try:
-                with trio.fail_after(_deadline["seconds"]):
-                    await self.stream.send_all(event.data)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
+    data = event.data
+    lock = self.send_lock
+    stream = self.stream
+    if lock.locked() or type(stream) is not trio.SocketStream:
+        async with lock:
+            await _send(self, data)
+        return None
+    # Nobody is writing to this connection: try the write at once, straight to the socket.
+    # Almost every realtime frame fits in the socket's buffer, and Trio's ``send_all``
+    # (a conflict detector, a cancel scope, two context managers around a non-blocking
+    # send) plus the lock's checkpoint were a third of the engine's CPU with 1,000
+    # realtime subscribers. Only what the socket did not take goes the guarded way.
+    lock.acquire_nowait()
+    try:
+        try:
+            sent = os.write(stream.socket.fileno(), data)
+        except BlockingIOError:
+            sent = 0
+        except OSError:  # reset, broken pipe, closed
+            with trio.CancelScope(shield=True):
                 await self.protocol.handle(Closed())
-            except trio.TooSlowError:
-                stalled["count"] += 1
-                logger.warning(
-                    "a client took no data for %.0f s (SLUICE_SEND_TIMEOUT): disconnecting it",
-                    _deadline["seconds"],
-                )
-                await self.stream.aclose()
-                await self.protocol.handle(Closed())
+            return None
+        if sent < len(data):
+            await _send(self, memoryview(data)[sent:])
+        else:
+            await trio.lowlevel.cancel_shielded_checkpoint()  # as send_all: a fair turn
+    finally:
+        lock.release()
     return None
+
+
+async def _send(self: Any, data: bytes | memoryview) -> None:
+    """hypercorn's write (shielded, so a frame is never cut for a peer that reads), with a
+    deadline for one that does not."""
+    # One scope, shielded and with its own deadline (which a shield does not stop), as
+    # hypercorn's own write has one scope: a second, inner ``fail_after`` per write was
+    # ≈ 15% of the engine's CPU with 1,000 realtime subscribers.
+    deadline = trio.current_time() + _deadline["seconds"]
+    with trio.CancelScope(shield=True, deadline=deadline) as scope:
+        try:
+            await self.stream.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            await self.protocol.handle(Closed())
+    if scope.cancelled_caught:
+        stalled["count"] += 1
+        logger.warning(
+            "a client took no data for %.0f s (SLUICE_SEND_TIMEOUT): disconnecting it",
+            _deadline["seconds"],
+        )
+        with trio.CancelScope(shield=True):
+            await self.stream.aclose()
+            await self.protocol.handle(Closed())
 
 
 def install(seconds: float) -> None:
