@@ -39,6 +39,7 @@ from .spool import Spool
 from .spool.replayer import SpoolReplayer
 from .storage import Database
 from .storage import cluster as cluster_sql
+from .storage import records as records_sql
 from .supervisor import Supervisor
 from .transport import transport_named
 from .writer import BatchWriter, WriterInput, WriteTicket
@@ -278,6 +279,9 @@ class Engine:
         hub = self._hub = BroadcastHub(
             out_recv, max_lag=s.realtime_max_lag, max_subscribers=s.realtime_max_subscribers
         )
+        # Everything committed before this process started is in the database only: a
+        # resume reads it from there (see ``BroadcastHub.published_id``).
+        hub.published_id = await db.run(records_sql.newest_id)
         processor = self._processor = Processor(raw_recv, rec_send, journal=journal.record)
         manager = self._manager = ConnectorManager(
             db,

@@ -354,6 +354,11 @@ class BroadcastHub:
     frames_encoded: int = 0
     notices: int = 0
     lagged_disconnects: int = 0
+    #: The highest record id published so far. Batches are published after their commit
+    #: and in the order they took their ids, so every record of this instance at or below
+    #: it is committed *and* already published: a resume reads the database up to here and
+    #: takes the rest from its live queue (``server/resume.py``).
+    published_id: int = 0
     fanout_seconds: Histogram = attrs.field(
         factory=lambda: Histogram((0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5))
     )
@@ -421,6 +426,7 @@ class BroadcastHub:
             return
         self.batches_in += 1
         self.records_in += len(batch)
+        self.published_id = max(self.published_id, max(item.id for item in batch))
         if not self._subscribers:
             return
         # Lag is what a subscriber still has queued from earlier publishes: one that has

@@ -2,10 +2,11 @@
 
 Every record a subscriber can see is in PostgreSQL, so a client that reconnects with the
 last id it saw gets, in order, every matching record committed since, then the live
-stream. The seam has no gap and no duplicate: the subscription is registered *before* the
-database is read, so whatever commits meanwhile is queued live; records the database read
-already returned are then skipped in the live queue by id (a record is published once, so
-the skip list can be dropped once the overlap is over).
+stream. The seam has no gap, no duplicate and no reordering: the subscription is
+registered *before* the database is read, so whatever is published meanwhile is queued
+live; the database is read only up to the last id published before the subscription (see
+``Replay.upto``); records the read returned are skipped in the live queue by id (a record
+is published once, so the skip list can be dropped once the overlap is over).
 
 Positions: ids come from one sequence and each connector is written by one instance at a
 time, so per connector ids follow commit order, also across a handover (the old owner is
@@ -51,6 +52,12 @@ class Replay:
     """One resuming subscriber's catch-up, and then its seam filter."""
 
     after_id: int
+    #: The hub's ``published_id`` when the subscription was registered: the database is
+    #: read up to it, never beyond. Two batches commit concurrently, so a read could see
+    #: the later batch (higher ids) committed and not yet the earlier one; those records
+    #: would then come live *after* higher ones (``test_resume`` caught it in CI). Above
+    #: this id everything comes from the live queue, which is in publication order.
+    upto: int | None = None
     replayed: set[int] = attrs.field(factory=set)
     last_id: int = 0
     _done_at: float | None = None
@@ -69,6 +76,7 @@ class Replay:
                 instrument=f.instrument,
                 types=sorted(f.types) if f.types else None,
                 limit=PAGE,
+                upto=self.upto,
             )
             if self.after_id < floor:
                 raise ResumeFailed(

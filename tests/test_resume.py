@@ -95,3 +95,33 @@ async def test_a_position_below_the_retention_floor_is_refused_clearly(
 async def _read_until_closed(conn: Connection, frames: list[dict[str, object]]) -> None:
     while True:
         frames += [orjson.loads(m) for m in await conn.receive_messages()]
+
+
+async def test_a_resume_reads_the_database_only_up_to_what_was_published(
+    service: Service, exchange: FakeExchange, settings: Settings
+) -> None:
+    """Two batches commit concurrently, so the database can hold a later batch before the
+    earlier one is committed (and both before they are published). A resume reads the
+    database only up to the last id the hub published when the client subscribed; the rest
+    comes live, in publication order. Here records 11-20 stand for such a batch: committed,
+    but (as far as the hub says) not yet published."""
+    async with httpx.AsyncClient(base_url=service.url) as client:
+        body = {"name": "b", "api_url": exchange.url("/binance?count=20"), "exchange": "binance"}
+        cid = (await client.post("/api/connectors", json=body)).json()["connector_id"]
+        await client.post(f"/api/connectors/{cid}/start")
+        with trio.fail_after(20):
+            while len(ids := committed_ids(settings.postgres_dsn or "")) < 20:
+                await trio.sleep(0.05)
+        await client.post(f"/api/connectors/{cid}/stop")
+    hub = service.engine.hub
+    assert hub.published_id == ids[-1]
+    hub.published_id = ids[9]
+    ws_url = service.url.replace("http://", "ws://") + "/api/realtime?after_id=0"
+    replayed: list[int] = []
+    with trio.fail_after(10):
+        async with trio_websocket.open_websocket_url(ws_url) as ws:
+            while (frame := orjson.loads(await ws.get_message()))["type"] != "resumed":
+                if frame["type"] == "data_update":
+                    replayed.append(frame["id"])
+    assert replayed == ids[:10]
+    assert (frame["replayed"], frame["last_id"]) == (10, ids[9])

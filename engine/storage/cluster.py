@@ -342,12 +342,16 @@ def records_after(
     instrument: str | None,
     types: Sequence[str] | None,
     limit: int,
+    upto: int | None = None,
 ) -> tuple[list[dict[str, Any]], int]:
     """Realtime resume: up to ``limit`` committed records with an id above ``after_id``
-    that match the subscription, from both record tables, in id order; and the retention
-    floor (records at or below it may be gone)."""
+    (and at most ``upto``) that match the subscription, from both record tables, in id
+    order; and the retention floor (records at or below it may be gone)."""
     where = ["id > %s"]
     params: list[Any] = [after_id]
+    if upto is not None:
+        where.append("id <= %s")
+        params.append(upto)
     for column, value in (
         ("connector_id", connector_id),
         ("exchange", exchange),

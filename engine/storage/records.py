@@ -508,3 +508,12 @@ def stored_by_lost_attempt(
         ).fetchall()
     by_key = {(r.connector_id, r.dedup_key): r for r in skipped}
     return [StoredRecord(id=row[0], record=by_key[(row[1], row[2])]) for row in rows]
+
+
+def newest_id(conn: psycopg.Connection[Any]) -> int:
+    """The highest record id committed in either table (0 for none)."""
+    row = conn.execute(
+        "SELECT greatest((SELECT max(id) FROM websocket_messages),"
+        " (SELECT max(id) FROM api_connector_data))"
+    ).fetchone()
+    return int(row[0]) if row and row[0] is not None else 0

@@ -147,6 +147,7 @@ async def realtime() -> Response | None:
     if hub.full:
         return detail(f"at most {hub.max_subscribers} realtime subscribers", 503)
     with hub.subscribe(initial, strings=strings) as sub:  # no await since the check: no race
+        published = hub.published_id  # with the subscription, before any await
         # A browser cannot send headers with an upgrade: the console offers the "sluice"
         # subprotocol with its token beside it (server/app.py), and must be answered with
         # it; it also means uncompressed frames (server/wsframes.py).
@@ -157,7 +158,7 @@ async def realtime() -> Response | None:
         replay = None
         if query.after_id is not None:
             # Subscribed first, so what commits while the database is read is queued.
-            replay = Replay(query.after_id)
+            replay = Replay(query.after_id, upto=published)
             try:
                 await replay.run(engine().db, initial, strings, batch, _send)
             except ResumeFailed as exc:
