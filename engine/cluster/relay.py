@@ -43,6 +43,18 @@ logger = logging.getLogger(__name__)
 RELAY_RECORDS = 10_000
 
 
+@attrs.define
+class _Pending:
+    """Notified id runs not yet read back, by table, and how many records they name."""
+
+    runs: dict[str, list[list[int]]] = attrs.Factory(dict)
+    count: int = 0
+
+    def add(self, table: str, runs: list[list[int]]) -> None:
+        self.runs.setdefault(table, []).extend(runs)
+        self.count += sum(hi - lo + 1 for lo, hi in runs)
+
+
 @attrs.frozen
 class RelayStatistics:
     notifications: int
@@ -81,8 +93,7 @@ class Relay:
         in one query per table, not one per notification: with three instances committing
         small batches, a query per commit and instance fell behind (p99 6 s in the
         instances sweep, bench/README.md)."""
-        pending: dict[str, list[list[int]]] = {}
-        count = 0
+        pending = _Pending()
         for payload in payloads:
             try:
                 message: dict[str, Any] = orjson.loads(payload)
@@ -94,25 +105,22 @@ class Relay:
             self.notifications += 1
             kind = message.get("t")
             if kind == "records":
-                runs = message["r"]
-                pending.setdefault(message["s"], []).extend(runs)
-                count += sum(hi - lo + 1 for lo, hi in runs)
-                if count >= RELAY_RECORDS:
+                pending.add(message["s"], message["r"])
+                if pending.count >= RELAY_RECORDS:
                     await self._flush(pending)
-                    count = 0
             elif kind in ("gap", "test"):
                 notice = message.get("n")
                 if isinstance(notice, dict):
                     await self._flush(pending)  # what came before it goes first
-                    count = 0
                     self.notices_relayed += 1
                     await self.hub_channel.send(Notice(notice.get("connector_id"), notice))
         await self._flush(pending)
 
-    async def _flush(self, pending: dict[str, list[list[int]]]) -> None:
-        for table, runs in pending.items():
+    async def _flush(self, pending: _Pending) -> None:
+        for table, runs in pending.runs.items():
             await self._records(table, runs)
-        pending.clear()
+        pending.runs.clear()
+        pending.count = 0
 
     async def _records(self, table: str, runs: list[list[int]]) -> None:
         for attempt in range(3):
