@@ -8,6 +8,7 @@ Short by default (a few minutes); ``--full`` runs the full sizes (about half an 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -431,6 +432,11 @@ def report(
                 f"{fmt(r['p90_ms'], '.1f')} / {fmt(r['p99_ms'], '.1f')} / "
                 f"{fmt(r['max_ms'], '.1f')} |",
             ]
+            if finite(r.get("arrival_p99_ms", math.nan)):
+                lines.append(
+                    f"| of which before the engine read it (send → `received_at`) p50 / p99 ms "
+                    f"| {fmt(r['arrival_p50_ms'], '.1f')} / {fmt(r['arrival_p99_ms'], '.1f')} |"
+                )
         if scenario.rest_connectors:
             lines += [
                 f"| ticks / requests / skipped ticks | {r['ticks']:,} / {r['requests']:,} / "

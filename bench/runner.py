@@ -696,6 +696,8 @@ def run_scenario(
             "p90_ms": _most(r["p90_ms"] for r in results),
             "p99_ms": _most(r["p99_ms"] for r in results),
             "max_ms": _most(r["max_ms"] for r in results),
+            "arrival_p50_ms": _most(r["arrival_p50_ms"] for r in results),
+            "arrival_p99_ms": _most(r["arrival_p99_ms"] for r in results),
             "engine_cpu": used["engine"] / elapsed,
             "postgres_cpu": used["postgres"] / elapsed,
             "load_cpu": used["load"] / elapsed,
@@ -799,7 +801,7 @@ def _subscriber_result(proc: subprocess.Popen[str]) -> dict[str, Any]:
     nan = float("nan")
     result: dict[str, Any] = {"received_min": 0, "closed_early": 0, "rate": nan}
     result.update({k: nan if v is None else v for k, v in found.items()})
-    for key in ("p50_ms", "p90_ms", "p99_ms", "max_ms"):
+    for key in ("p50_ms", "p90_ms", "p99_ms", "max_ms", "arrival_p50_ms", "arrival_p99_ms"):
         result.setdefault(key, nan)
     return result
 

@@ -2,7 +2,8 @@
 
 Opens ``--connections`` subscriptions to ``URL`` (Sluice's ``/api/realtime``) and counts
 the records each receives, until each has ``EXPECTED`` records or ``--timeout`` passes.
-Latency is firehose send time (``data.x``) → receipt, kept in a 0.1 ms histogram.
+Latency is firehose send time (``data.x``) → receipt, kept in a 0.1 ms histogram; with
+``--parse``, also its first part, send → the engine's receive time (``received_at``).
 
 Two ways to read a frame:
 
@@ -25,6 +26,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from datetime import datetime
 
 import attrs
 import orjson
@@ -77,6 +79,9 @@ class Subscriber:
     parse: bool
     compression: bool
     latencies: Latencies
+    #: Parsed frames only: firehose send → the engine's receive time (``received_at``),
+    #: the part of the latency spent before Sluice read the message.
+    arrivals: Latencies
     received: int = 0
     first: float = 0.0
     last: float = 0.0
@@ -108,7 +113,10 @@ class Subscriber:
             records = value["records"] if kind == "data_batch" else [value]
             for record in records:
                 if record.get("type") == "data_update":
-                    self.latencies.add(now - record["data"]["x"])
+                    sent = record["data"]["x"]
+                    self.latencies.add(now - sent)
+                    received = datetime.fromisoformat(record["received_at"]).timestamp()
+                    self.arrivals.add(received - sent)
                     self.received += 1
             return
         n = message.count(MARKER)
@@ -127,9 +135,10 @@ async def main(
     compression: bool,
     give_up_after: float,
 ) -> dict[str, object]:
-    latencies = Latencies()
+    latencies, arrivals = Latencies(), Latencies()
     subscribers = [
-        Subscriber(url, expected, parse, compression, latencies) for _ in range(connections)
+        Subscriber(url, expected, parse, compression, latencies, arrivals)
+        for _ in range(connections)
     ]
     ready = trio.Semaphore(0, max_value=connections)
     with trio.move_on_after(give_up_after):
@@ -156,6 +165,8 @@ async def main(
         "p90_ms": latencies.percentile(0.90),
         "p99_ms": latencies.percentile(0.99),
         "max_ms": latencies.percentile(1.0),
+        "arrival_p50_ms": arrivals.percentile(0.50),
+        "arrival_p99_ms": arrivals.percentile(0.99),
         "cpu_seconds": time.process_time(),
     }
 
