@@ -127,6 +127,7 @@ class WebSocketConnector:
     #: New on every run (start, restart after a crash): tells a client the sessions apart.
     session_id: str | None = None
     _forward_idle: bool = False  # the forwarding task waits for frames (none in hand)
+    _last_data: float = 0.0  # trio time of the last message received
     #: What is buffered for the forwarding task: one entry per receive (see ``_accept``).
     _chunks: deque[_Chunk] = attrs.field(factory=deque)
     _buffered_messages: int = 0
@@ -274,21 +275,19 @@ class WebSocketConnector:
         next_app_ping = now + spec.app_ping_interval if spec.app_ping else inf
         pong_due = inf
         pongs_seen = conn.pongs
-        last_data = now
+        self._last_data = now
         while True:
             # One cancel scope per timer, not per message: entering and leaving a scope
             # for every receive was ≈ 15% of the engine's CPU with 200 quiet connectors.
             # The scope ends at the earliest timer as it stood when it began; only then are
             # the timers judged (a pong or newer data seen by then simply moves them on).
-            stale_at = last_data + spec.stale_timeout if spec.stale_timeout > 0 else inf
+            # Messages meanwhile go to _take, from the shared socket reader's task for
+            # plain-TCP sources (engine.transport.SocketReader), from this one otherwise.
+            stale_at = self._last_data + spec.stale_timeout if spec.stale_timeout > 0 else inf
             with trio.move_on_at(min(next_ping, next_app_ping, pong_due, stale_at)):
-                while True:
-                    messages = await conn.receive_messages()
-                    last_data = trio.current_time()
-                    self._accept(messages)
-                    self.backoff.succeeded(last_data)
+                await conn.deliver(self._take)
             now = trio.current_time()
-            stale_at = last_data + spec.stale_timeout if spec.stale_timeout > 0 else inf
+            stale_at = self._last_data + spec.stale_timeout if spec.stale_timeout > 0 else inf
             if conn.pongs != pongs_seen:
                 pongs_seen, pong_due = conn.pongs, inf
             if now >= pong_due:
@@ -306,6 +305,11 @@ class WebSocketConnector:
             if now >= next_app_ping and spec.app_ping:
                 await conn.send_text(spec.app_ping)
                 next_app_ping = now + spec.app_ping_interval
+
+    def _take(self, messages: list[bytes]) -> None:
+        self._last_data = now = trio.current_time()
+        self._accept(messages)
+        self.backoff.succeeded(now)
 
     def _accept(self, messages: list[bytes]) -> None:
         now = time.time()

@@ -8,10 +8,11 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 import trio
+import trio.testing
 import trio_websocket
 
 from engine.errors import SourceUnavailable
-from engine.transport import SansIOTransport, Transport, TrioWebsocketTransport
+from engine.transport import SansIOTransport, SocketReader, Transport, TrioWebsocketTransport
 
 Handler = Callable[[trio_websocket.WebSocketConnection], Awaitable[None]]
 
@@ -149,3 +150,102 @@ async def test_handshake_carries_the_connectors_headers(
         ) as conn:
             assert await conn.receive_messages() == [b"ok"]
     assert seen[0]["x-api-key"] == "k-1"
+
+
+async def test_deliver_hands_on_every_message_in_order_and_answers_pings(
+    nursery: trio.Nursery, transport: Transport
+) -> None:
+    pinged = trio.Event()
+
+    async def handler(ws: trio_websocket.WebSocketConnection) -> None:
+        for i in range(20):
+            await ws.send_message(f'{{"i":{i}}}')
+        await ws.ping(b"still-there")  # returns when the pong arrives
+        pinged.set()
+        for i in range(20, 40):
+            await ws.send_message(f'{{"i":{i}}}')
+        await ws.aclose(code=1001, reason="going away")
+
+    url = await start_server(nursery, handler)
+    got: list[bytes] = []
+    with trio.fail_after(10):
+        async with transport.connect(url, max_message_bytes=1 << 20, open_timeout=5) as conn:
+            with pytest.raises(SourceUnavailable, match="1001"):
+                await conn.deliver(got.extend)
+    assert pinged.is_set()
+    assert got == [f'{{"i":{i}}}'.encode() for i in range(40)]
+
+
+async def test_plain_tcp_connections_share_one_socket_reader(nursery: trio.Nursery) -> None:
+    """Every plain-TCP connection's messages are read by the one shared reader task, not by
+    the connection's own task; a delivery cancelled by its caller (the connector's timers)
+    leaves the reader's set, and the connection then reads in its own task as before."""
+    go = trio.Event()
+
+    async def handler(ws: trio_websocket.WebSocketConnection) -> None:
+        await go.wait()
+        for i in range(10):
+            await ws.send_message(f"{i}")
+        await ws.get_message()  # the client's "more", sent after its delivery was cancelled
+        await ws.send_message("after")
+        await trio.sleep_forever()
+
+    url = await start_server(nursery, handler)
+    reader = SocketReader.current()
+    assert reader is not None
+    reads_before = reader.reads
+    got: list[list[bytes]] = [[] for _ in range(20)]
+    with trio.fail_after(10):
+        async with contextlib.AsyncExitStack() as stack:
+            conns = [
+                await stack.enter_async_context(
+                    SansIOTransport().connect(url, max_message_bytes=1 << 20, open_timeout=5)
+                )
+                for _ in range(20)
+            ]
+            async with trio.open_nursery() as readers:
+                for conn, out in zip(conns, got, strict=True):
+                    readers.start_soon(conn.deliver, out.extend)
+                await trio.testing.wait_all_tasks_blocked()
+                go.set()
+                while any(len(out) < 10 for out in got):
+                    await trio.sleep(0.01)
+                readers.cancel_scope.cancel()
+            assert reader.reads - reads_before >= 20
+            assert not reader._handlers  # every cancelled delivery left the set
+            for conn in conns:
+                await conn.send_text("more")
+                assert await conn.receive_messages() == [b"after"]
+    assert all(out == [f"{i}".encode() for i in range(10)] for out in got)
+
+
+async def test_a_failing_sink_is_raised_in_the_connections_own_task(
+    nursery: trio.Nursery,
+) -> None:
+    async def handler(ws: trio_websocket.WebSocketConnection) -> None:
+        await ws.send_message("one")
+        await trio.sleep_forever()
+
+    def sink(messages: list[bytes]) -> None:
+        raise RuntimeError("sink failed")
+
+    url = await start_server(nursery, handler)
+    with trio.fail_after(10):
+        async with SansIOTransport().connect(
+            url, max_message_bytes=1 << 20, open_timeout=5
+        ) as conn:
+            with pytest.raises(RuntimeError, match="sink failed"):
+                await conn.deliver(sink)
+        # The reader task is unharmed: another connection is still served.
+        async with SansIOTransport().connect(
+            url, max_message_bytes=1 << 20, open_timeout=5
+        ) as conn:
+            got: list[bytes] = []
+            with trio.CancelScope() as received:
+
+                def take(messages: list[bytes]) -> None:
+                    got.extend(messages)
+                    received.cancel()
+
+                await conn.deliver(take)
+            assert got == [b"one"]
