@@ -28,7 +28,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from typing import Any
 
@@ -298,6 +298,10 @@ class Subscription:
     closed_reason: str | None = None
     queued: int = 0
     delivered: int = 0
+    #: Set by the subscriber's endpoint when it can take a batch at once, from the hub's
+    #: task (the socket written directly: ``server/routes/realtime.py``); returns False
+    #: when it cannot now, and the batch is queued as usual.
+    direct: Callable[[Frames], bool] | None = None
 
     def __aiter__(self) -> Subscription:
         return self
@@ -342,6 +346,8 @@ class HubStatistics:
     #: Records queued for subscribers, all together and the most any one has waiting.
     queued_records: int = 0
     queued_max: int = 0
+    #: Batches written to a subscriber's socket by the hub itself (``Subscription.direct``).
+    direct_batches: int = 0
 
 
 @attrs.define(eq=False)
@@ -354,6 +360,7 @@ class BroadcastHub:
     frames_encoded: int = 0
     notices: int = 0
     lagged_disconnects: int = 0
+    direct_batches: int = 0
     #: The highest record id published so far. Batches are published after their commit
     #: and in the order they took their ids, so every record of this instance at or below
     #: it is committed *and* already published: a resume reads the database up to here and
@@ -479,6 +486,10 @@ class BroadcastHub:
         return delivered
 
     def _offer(self, sub: Subscription, frames: Frames) -> bool:
+        if sub.direct is not None and not sub.queued and sub.direct(frames):
+            sub.delivered += len(frames)
+            self.direct_batches += 1
+            return True
         try:
             sub._send.send_nowait(frames)
         except trio.WouldBlock:  # QUEUE_BATCHES batches waiting: lagged too
@@ -513,4 +524,5 @@ class BroadcastHub:
             lagged_disconnects=self.lagged_disconnects,
             queued_records=sum(s.queued for s in self._subscribers),
             queued_max=max((s.queued for s in self._subscribers), default=0),
+            direct_batches=self.direct_batches,
         )

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import os
+from contextvars import ContextVar
 from typing import Any
 
 import trio
@@ -34,12 +35,22 @@ from hypercorn.trio.tcp_server import TCPServer
 logger = logging.getLogger(__name__)
 
 _ORIGINAL = TCPServer.protocol_send
+_ORIGINAL_RUN = TCPServer.run
+#: The hypercorn connection a task serves (set in its ``run``; the app's tasks inherit it).
+CONNECTION: ContextVar[TCPServer | None] = ContextVar("hypercorn_connection", default=None)
 _deadline = {"seconds": 15.0}
 #: Connections closed because a write missed its deadline (``/metrics``).
 stalled = {"count": 0}
 
 
+async def _run(self: Any) -> None:
+    CONNECTION.set(self)
+    await _ORIGINAL_RUN(self)
+
+
 async def _protocol_send(self: Any, event: Event) -> None:
+    if getattr(self, "_sluice_rest", None) is not None:
+        await flush_rest(self)  # what a direct write left goes first
     if not isinstance(event, RawData):
         return await _ORIGINAL(self, event)
     data = event.data
@@ -47,6 +58,8 @@ async def _protocol_send(self: Any, event: Event) -> None:
     stream = self.stream
     if lock.locked() or type(stream) is not trio.SocketStream:
         async with lock:
+            if self._sluice_rest is not None:
+                await _flush_rest_locked(self)
             await _send(self, data)
         return None
     # Nobody is writing to this connection: try the write at once, straight to the socket.
@@ -96,7 +109,50 @@ async def _send(self: Any, data: bytes | memoryview) -> None:
             await self.protocol.handle(Closed())
 
 
+def write_now(connection: Any, data: bytes) -> bool:
+    """Write ``data`` (whole WebSocket frames) to ``connection``'s socket at once, from
+    synchronous code (the broadcast hub's fan-out), if nothing else is being written to it;
+    False if it was not written (the caller sends it the usual way). What the socket does
+    not take is kept and goes out before anything else written to the connection: the
+    caller must then see that :func:`flush_rest` runs (``rest_pending``)."""
+    stream = connection.stream
+    if (
+        connection.send_lock.locked()
+        or connection._sluice_rest is not None
+        or type(stream) is not trio.SocketStream
+    ):
+        return False
+    try:
+        sent = os.write(stream.socket.fileno(), data)
+    except BlockingIOError:
+        sent = 0
+    except OSError:  # reset, closed: the usual way finds out and says so
+        return False
+    if sent < len(data):
+        connection._sluice_rest = memoryview(data)[sent:]
+    return True
+
+
+def rest_pending(connection: Any) -> bool:
+    return connection._sluice_rest is not None
+
+
+async def flush_rest(connection: Any) -> None:
+    """Write what :func:`write_now` left, under the connection's write lock and deadline."""
+    async with connection.send_lock:
+        await _flush_rest_locked(connection)
+
+
+async def _flush_rest_locked(connection: Any) -> None:
+    rest, connection._sluice_rest = connection._sluice_rest, None
+    if rest is not None:
+        await _send(connection, rest)
+
+
 def install(seconds: float) -> None:
-    """Give every write of every hypercorn connection in this process ``seconds``."""
+    """Give every write of every hypercorn connection in this process ``seconds``; let its
+    tasks find their connection (:data:`CONNECTION`) for :func:`write_now`."""
     _deadline["seconds"] = seconds
+    TCPServer._sluice_rest = None  # type: ignore[attr-defined]
     TCPServer.protocol_send = _protocol_send  # type: ignore[method-assign]
+    TCPServer.run = _run  # type: ignore[method-assign]

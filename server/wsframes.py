@@ -49,7 +49,7 @@ _ORIGINAL_ACCEPT = Handshake.accept
 SUBPROTOCOL = "sluice"
 RECENT_FRAMES = 16
 # id(text) -> (text, frame): the text is kept, so its id cannot be reused while listed.
-_recent: OrderedDict[int, tuple[str, bytes | bytearray]] = OrderedDict()
+_recent: OrderedDict[int, tuple[str, bytes]] = OrderedDict()
 _SHORT = struct.Struct("!BBH")
 _LONG = struct.Struct("!BBQ")
 
@@ -97,11 +97,24 @@ def _send_data(
         or self._outbound_opcode is not None
     ):
         return _ORIGINAL_SEND_DATA(self, payload, fin)
-    known = _recent.get(id(payload))
-    if known is not None and known[0] is payload:
+    return text_frame(payload)
+
+
+def text_frame(text: str) -> bytes:
+    """A server's uncompressed text frame of ``text`` (one whole message); the last few
+    built are kept, so the subscribers sharing a ``str`` share its frame's bytes."""
+    known = _recent.get(id(text))
+    if known is not None and known[0] is text:
         return known[1]
-    frame = _serialize_frame(self, Opcode.TEXT, payload.encode("utf-8"))
-    _recent[id(payload)] = (payload, frame)
+    payload = text.encode("utf-8")
+    n = len(payload)
+    if n <= 125:
+        frame = bytes((0x81, n)) + payload
+    elif n <= 0xFFFF:
+        frame = _SHORT.pack(0x81, 126, n) + payload
+    else:
+        frame = _LONG.pack(0x81, 127, n) + payload
+    _recent[id(text)] = (text, frame)
     if len(_recent) > RECENT_FRAMES:
         _recent.popitem(last=False)
     return frame

@@ -181,3 +181,85 @@ async def test_c1_slow_subscriber_is_dropped_others_get_everything_in_order(
     await slow.aclose()
     service.stop()
     await service.engine.stopped.wait()
+
+
+def _server_frames(buffer: bytearray) -> list[tuple[int, bytes]]:
+    """Take every whole server frame (unmasked) off the front of ``buffer``."""
+    frames: list[tuple[int, bytes]] = []
+    while len(buffer) >= 2:
+        length, start = buffer[1] & 0x7F, 2
+        if length == 126:
+            length, start = int.from_bytes(buffer[2:4], "big"), 4
+        elif length == 127:
+            length, start = int.from_bytes(buffer[2:10], "big"), 10
+        if len(buffer) < start + length:
+            break
+        frames.append((buffer[0], bytes(buffer[start : start + length])))
+        del buffer[: start + length]
+    return frames
+
+
+async def test_frames_the_hub_writes_itself_stay_whole_and_in_order_for_a_slow_reader(
+    nursery: trio.Nursery, service: Service, exchange: FakeExchange
+) -> None:
+    """The hub writes a batch subscriber's frames to its socket itself when nothing else is
+    on its way there. A client with a tiny receive buffer that reads nothing for a while
+    makes those writes partial: the rest must go out before anything else, the frames
+    queued meanwhile after it, and a pong the client asked for between them — every
+    frame whole, every record once and in order."""
+    total = 5_000
+    hub = service.engine.hub
+    direct_before = hub.statistics().direct_batches
+    host, port = service.url.removeprefix("http://").split(":")
+    sock = trio.socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    await sock.connect((host, int(port)))
+    stream = trio.SocketStream(sock)
+    await stream.send_all(
+        b"GET /api/realtime?batch=true HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n"
+        b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        b"Sec-WebSocket-Version: 13\r\n\r\n"
+    )
+    buffer = bytearray()
+    received: list[int] = []
+    with trio.fail_after(60):
+        while b"\r\n\r\n" not in buffer:
+            buffer += await stream.receive_some(65536)
+        del buffer[: buffer.index(b"\r\n\r\n") + 4]
+        while not _server_frames(buffer):  # {"type":"connected"}
+            buffer += await stream.receive_some(65536)
+        async with httpx.AsyncClient(base_url=service.url) as client:
+            body = {
+                "name": "b",
+                "api_url": exchange.url(f"/binance?count={total}&rate=50000"),
+                "exchange": "binance",
+            }
+            connector_id = (await client.post("/api/connectors", json=body)).json()["connector_id"]
+            await client.post(f"/api/connectors/{connector_id}/start")
+            ping = b'{"action":"ping"}'
+            pongs = pauses = 0
+            while len(received) < total:
+                if len(received) >= 400 * pauses:
+                    # Not reading: the hub's writes fill the socket, then frames queue.
+                    pauses += 1
+                    while not hub.statistics().queued_records and hub.records_in < total:
+                        await trio.sleep(0.005)
+                    if pauses == 2:
+                        await stream.send_all(
+                            b"\x81" + bytes((0x80 | len(ping),)) + b"\0\0\0\0" + ping
+                        )
+                buffer += await stream.receive_some(4096)
+                for opcode, payload in _server_frames(buffer):
+                    if opcode == 0x89:  # hypercorn's keepalive ping
+                        continue
+                    assert opcode == 0x81, opcode  # whole text frames only
+                    message = orjson.loads(payload)
+                    if message["type"] == "pong":
+                        pongs += 1
+                    else:
+                        assert message["type"] == "data_batch", message
+                        received.extend(r["data"]["t"] for r in message["records"])
+    assert received == list(range(1, total + 1))
+    assert pongs == 1
+    assert hub.statistics().direct_batches > direct_before
+    await stream.aclose()

@@ -234,6 +234,12 @@ async def metrics() -> Response:
         [(None, hs.queued_max)],
     )
     out.family(
+        "sluice_hub_direct_batches_total",
+        "counter",
+        "Batch frames the hub wrote to a subscriber's socket itself (the fast road).",
+        [(None, hs.direct_batches)],
+    )
+    out.family(
         "sluice_http_send_timeouts_total",
         "counter",
         "Connections closed because a client took no data for SLUICE_SEND_TIMEOUT.",
