@@ -641,12 +641,10 @@ def run_scenario(
                     stall = "resumed"
                     resumed_at = elapsed
                     replayed_at_resume = metrics.get("sluice_spool_replayed_total", 0.0)
-                if (
-                    stall == "resumed"
-                    and caught_up_at is None
-                    and not metrics.get("sluice_spool_spooling", 0.0)
-                    and stored >= received
-                ):
+                if stall == "resumed" and caught_up_at is None and stored >= received:
+                    # Everything received is stored, so the spool has replayed it all (its
+                    # "spooling" flag clears a moment later: waiting for it missed the
+                    # catch-up when it came with the last record, as in one full run).
                     caught_up_at = elapsed
                     replayed = metrics.get("sluice_spool_replayed_total", 0.0) - replayed_at_resume
                 progress.show(
