@@ -132,16 +132,25 @@ async def test_bad_subscription_query_is_refused(service: Service) -> None:
         assert body["detail"]
 
 
-async def never_reading_subscriber(url: str) -> trio.SocketStream:
-    """A client that upgrades and then never reads, with a tiny receive buffer."""
+async def start_binance(client: httpx.AsyncClient, exchange: FakeExchange, query: str) -> str:
+    """Create and start a connector to the fake exchange's Binance feed; its id."""
+    body = {"name": "b", "api_url": exchange.url(f"/binance?{query}"), "exchange": "binance"}
+    connector_id: str = (await client.post("/api/connectors", json=body)).json()["connector_id"]
+    await client.post(f"/api/connectors/{connector_id}/start")
+    return connector_id
+
+
+async def never_reading_subscriber(url: str, query: str = "") -> trio.SocketStream:
+    """A client that upgrades and then reads nothing (until the test does), with a tiny
+    receive buffer."""
     host, port = url.removeprefix("http://").split(":")
     sock = trio.socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     await sock.connect((host, int(port)))
     stream = trio.SocketStream(sock)
     await stream.send_all(
-        b"GET /api/realtime HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n"
-        b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        f"GET /api/realtime{query} HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n".encode()
+        + b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
         b"Sec-WebSocket-Version: 13\r\n\r\n"
     )
     return stream
@@ -164,13 +173,7 @@ async def test_c1_slow_subscriber_is_dropped_others_get_everything_in_order(
             await fast.get_message()
             while service.engine.hub.statistics().subscribers < 2:
                 await trio.sleep(0.01)
-            body = {
-                "name": "b",
-                "api_url": exchange.url(f"/binance?count={total}"),
-                "exchange": "binance",
-            }
-            connector_id = (await client.post("/api/connectors", json=body)).json()["connector_id"]
-            await client.post(f"/api/connectors/{connector_id}/start")
+            connector_id = await start_binance(client, exchange, f"count={total}")
             while len(received) < total:
                 frame = orjson.loads(await fast.get_message())
                 received.extend(r["data"]["t"] for r in frame["records"])
@@ -210,16 +213,7 @@ async def test_frames_the_hub_writes_itself_stay_whole_and_in_order_for_a_slow_r
     total = 5_000
     hub = service.engine.hub
     direct_before = hub.statistics().direct_batches
-    host, port = service.url.removeprefix("http://").split(":")
-    sock = trio.socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    await sock.connect((host, int(port)))
-    stream = trio.SocketStream(sock)
-    await stream.send_all(
-        b"GET /api/realtime?batch=true HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n"
-        b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-        b"Sec-WebSocket-Version: 13\r\n\r\n"
-    )
+    stream = await never_reading_subscriber(service.url, "?batch=true")
     buffer = bytearray()
     received: list[int] = []
     with trio.fail_after(60):
@@ -229,13 +223,7 @@ async def test_frames_the_hub_writes_itself_stay_whole_and_in_order_for_a_slow_r
         while not _server_frames(buffer):  # {"type":"connected"}
             buffer += await stream.receive_some(65536)
         async with httpx.AsyncClient(base_url=service.url) as client:
-            body = {
-                "name": "b",
-                "api_url": exchange.url(f"/binance?count={total}&rate=50000"),
-                "exchange": "binance",
-            }
-            connector_id = (await client.post("/api/connectors", json=body)).json()["connector_id"]
-            await client.post(f"/api/connectors/{connector_id}/start")
+            await start_binance(client, exchange, f"count={total}&rate=50000")
             ping = b'{"action":"ping"}'
             pongs = pauses = 0
             while len(received) < total:
