@@ -174,8 +174,7 @@ class SocketReader:
     def __init__(self) -> None:
         self._epoll = select.epoll()
         self._handlers: dict[int, Callable[[], None]] = {}
-        self.wakeups = 0
-        self.reads = 0
+        self.reads = 0  # handler calls: sockets served
 
     @classmethod
     def current(cls) -> SocketReader | None:
@@ -203,7 +202,6 @@ class SocketReader:
         try:
             while True:
                 await trio.lowlevel.wait_readable(epoll.fileno())
-                self.wakeups += 1
                 for fd, _events in epoll.poll(0, self.MAX_EVENTS):
                     handler = self._handlers.get(fd)
                     if handler is None:

@@ -49,8 +49,10 @@ async def _run(self: Any) -> None:
 
 
 async def _protocol_send(self: Any, event: Event) -> None:
-    if getattr(self, "_sluice_rest", None) is not None:
-        await flush_rest(self)  # what a direct write left goes first
+    # What a direct write left goes first. Once this returns no new rest can appear
+    # before this write is done: write_now refuses while the lock is held.
+    if self._sluice_rest is not None:
+        await flush_rest(self)
     if not isinstance(event, RawData):
         return await _ORIGINAL(self, event)
     data = event.data
@@ -58,8 +60,6 @@ async def _protocol_send(self: Any, event: Event) -> None:
     stream = self.stream
     if lock.locked() or type(stream) is not trio.SocketStream:
         async with lock:
-            if self._sluice_rest is not None:
-                await _flush_rest_locked(self)
             await _send(self, data)
         return None
     # Nobody is writing to this connection: try the write at once, straight to the socket.
@@ -140,13 +140,9 @@ def rest_pending(connection: Any) -> bool:
 async def flush_rest(connection: Any) -> None:
     """Write what :func:`write_now` left, under the connection's write lock and deadline."""
     async with connection.send_lock:
-        await _flush_rest_locked(connection)
-
-
-async def _flush_rest_locked(connection: Any) -> None:
-    rest, connection._sluice_rest = connection._sluice_rest, None
-    if rest is not None:
-        await _send(connection, rest)
+        rest, connection._sluice_rest = connection._sluice_rest, None
+        if rest is not None:
+            await _send(connection, rest)
 
 
 def install(seconds: float) -> None:

@@ -73,12 +73,16 @@ def _serialize_frame(
 ) -> bytes | bytearray:
     if self.client or self.extensions:
         return _ORIGINAL(self, opcode, payload, fin)
-    first = (0x80 if fin else 0) | opcode
+    if opcode.iscontrol() and len(payload) > 125:
+        raise ValueError("payload too long for control frame")
+    return _frame((0x80 if fin else 0) | opcode, payload)
+
+
+def _frame(first: int, payload: bytes | bytearray) -> bytes:
+    """An unmasked frame: its first byte, the payload's length, the payload, one copy."""
     n = len(payload)
     if n <= 125:
         return bytes((first, n)) + payload
-    if opcode.iscontrol():
-        raise ValueError("payload too long for control frame")
     if n <= 0xFFFF:
         return _SHORT.pack(first, 126, n) + payload
     return _LONG.pack(first, 127, n) + payload
@@ -106,14 +110,7 @@ def text_frame(text: str) -> bytes:
     known = _recent.get(id(text))
     if known is not None and known[0] is text:
         return known[1]
-    payload = text.encode("utf-8")
-    n = len(payload)
-    if n <= 125:
-        frame = bytes((0x81, n)) + payload
-    elif n <= 0xFFFF:
-        frame = _SHORT.pack(0x81, 126, n) + payload
-    else:
-        frame = _LONG.pack(0x81, 127, n) + payload
+    frame = _frame(0x80 | Opcode.TEXT, text.encode("utf-8"))
     _recent[id(text)] = (text, frame)
     if len(_recent) > RECENT_FRAMES:
         _recent.popitem(last=False)
