@@ -3,6 +3,7 @@ the writer hops to threads)."""
 
 from __future__ import annotations
 
+import itertools
 import time
 from datetime import UTC, date, datetime
 from decimal import Decimal
@@ -77,6 +78,25 @@ async def test_insert_is_exact_and_idempotent(
     assert [r[2] for r in rows] == ["1", "2", "3"]
     assert rows[0][3] == "object"  # stored as a JSON object, not a JSON string
     assert rows[0][4] == BIG  # big numbers not squeezed through float
+
+
+@pytest.mark.parametrize("step", [1, 3], ids=["consecutive", "scattered"])
+async def test_a_copy_batch_gets_the_ids_the_table_holds(
+    settings: Settings, database_dsn: str, step: int
+) -> None:
+    # A COPY batch takes its ids in one statement, as their bounds when they are
+    # consecutive, or every one when another session's nextval came between them (made
+    # here by a sequence that steps by 3): either way each record gets its row's id.
+    async with Database.open(settings) as db:
+        await db.run(lambda conn: conn.execute(f"ALTER SEQUENCE record_id_seq INCREMENT {step}"))
+        stored, _ = await db.run(insert_records, [record(i) for i in range(SMALL_BATCH + 5)])
+    with psycopg.connect(database_dsn) as conn:
+        table = dict(conn.execute("SELECT dedup_key, id FROM websocket_messages").fetchall())
+    assert {s.record.dedup_key: s.id for s in stored} == table
+    ids = [s.id for s in stored]
+    assert ids == sorted(ids)
+    assert len(set(ids)) == len(ids) == SMALL_BATCH + 5
+    assert {b - a for a, b in itertools.pairwise(ids)} == {step}
 
 
 async def test_writer_isolates_a_poison_record_and_commits_the_rest(

@@ -254,18 +254,35 @@ def _insert_once(
         with _allocating():
             return _insert_values(conn, records)
     with _allocating():
-        ids = [
-            row[0]
-            for row in conn.execute(
-                "SELECT nextval('record_id_seq') FROM generate_series(1, %s)", (len(records),)
-            )
-        ]
+        ids = _take_ids(conn, len(records))
     try:
         with conn.transaction():
             _copy_direct(conn, ids, records)
     except psycopg.errors.UniqueViolation:
         return _insert_deduplicated(conn, records)
     return [StoredRecord(id=i, record=r) for i, r in zip(ids, records, strict=True)], 0
+
+
+# The ids as their bounds when they are consecutive (the usual case: another session's
+# nextval between them, e.g. another instance's write, makes them not), else all of them.
+_TAKE_IDS = (
+    "SELECT min(v), max(v), CASE WHEN max(v) - min(v) + 1 = count(*) THEN NULL"
+    " ELSE array_agg(v ORDER BY v) END"
+    " FROM (SELECT nextval('record_id_seq') AS v FROM generate_series(1, %s)) AS taken"
+)
+
+
+def _take_ids(conn: psycopg.Connection[Any], n: int) -> list[int]:
+    """``n`` new record ids, ascending, in one round trip.
+
+    One row of bounds instead of ``n`` rows of one id: fetching the rows cost the engine
+    4.0 ms of CPU per 5,000 ids (0.8 µs a record, ≈ 6% of max-1's engine CPU), the bounds
+    0.3 ms; the statement's wall time, which the next batch waits for (:class:`IdTurn`),
+    fell from 6.7 to 2.5 ms (``SELECT`` of 5,000 ids, 50 rounds, 2026-12-06)."""
+    row = conn.execute(_TAKE_IDS, (n,)).fetchone()
+    assert row is not None
+    low, high, scattered = row
+    return list(scattered) if scattered is not None else list(range(low, high + 1))
 
 
 def _copy_direct(conn: psycopg.Connection[Any], ids: list[int], records: Sequence[Record]) -> None:
