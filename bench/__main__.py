@@ -597,8 +597,9 @@ def _limit(scenario: Scenario, r: dict[str, Any], b: dict[str, float]) -> str:
     if scenario.subscribers >= 100:
         deliveries = scenario.rate * scenario.subscribers
         text = (
-            f"fan-out. {deliveries:,.0f} record deliveries/s were needed; hypercorn writes "
-            f"every frame once per subscriber through its WebSocket stack. Measured: {cpu}; "
+            f"fan-out. {deliveries:,.0f} record deliveries/s were needed; the hub writes each "
+            f"batch frame's shared bytes to every subscriber's socket (through hypercorn's "
+            f"WebSocket stack only for one that is behind). Measured: {cpu}; "
             f"peak RSS {r['peak_rss_mib']:.0f} MiB; p50 {r['p50_ms']:.0f} ms."
         )
         if "fanout_p99_ms" in b:
