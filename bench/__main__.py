@@ -398,6 +398,7 @@ def report(
             f"| {scenario.key} | {target.text} | {_measured(r, baselines)} "
             f"| {_verdict(target.met(r, baselines))} |"
         )
+    lines += _memory_target(rows)
     lines += _store_targets(baselines)
     lines += [
         "",
@@ -464,6 +465,19 @@ def report(
         lines += [f"| gaps / rejected | {r['gaps']} / {r['rejected']} |", ""]
     lines += _limits(rows, baselines)
     return "\n".join(lines) + "\n"
+
+
+def _memory_target(rows: list[tuple[Scenario, Target | None, dict[str, Any]]]) -> list[str]:
+    """The target row for memory: peak RSS in every scenario of the run (sweep points
+    included), with the highest and where it was."""
+    peaks = [(r["peak_rss_mib"], s.key) for s, _, r in rows if finite(r.get("peak_rss_mib"))]
+    if not peaks:
+        return []
+    peak, key = max(peaks)
+    return [
+        f"| every scenario | peak RSS ≤ 200 MiB | highest {peak:.0f} MiB ({key}; "
+        f"{len(peaks)} scenarios) | {_verdict(peak <= 200)} |"
+    ]
 
 
 def _store_targets(b: dict[str, float]) -> list[str]:

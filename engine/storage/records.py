@@ -276,7 +276,7 @@ def _take_ids(conn: psycopg.Connection[Any], n: int) -> list[int]:
     """``n`` new record ids, ascending, in one round trip.
 
     One row of bounds instead of ``n`` rows of one id: fetching the rows cost the engine
-    4.0 ms of CPU per 5,000 ids (0.8 µs a record, ≈ 6% of max-1's engine CPU), the bounds
+    4.0 ms of CPU per 5,000 ids (0.8 µs a record, ≈ 7% of max-1's engine CPU), the bounds
     0.3 ms; the statement's wall time, which the next batch waits for (:class:`IdTurn`),
     fell from 6.7 to 2.5 ms (``SELECT`` of 5,000 ids, 50 rounds, 2026-12-06)."""
     row = conn.execute(_TAKE_IDS, (n,)).fetchone()
