@@ -5,9 +5,11 @@ like a server that is down) until ``restore()``. A cut that lands between a COMM
 reply is exactly the "lost commit reply" case. ``stall()`` keeps every connection open but
 forwards nothing, like a server frozen by a long lock or a full disk, until ``resume()``.
 ``lose_commit_reply()`` makes that case certain instead of likely: the next COMMIT of a
-transaction that wrote records (it named ``websocket_messages`` or ``api_connector_data``)
-is forwarded, its reply is swallowed once PostgreSQL has sent it (so the commit happened),
-and that connection is cut.
+transaction that wrote records (it named ``websocket_messages`` or ``api_connector_data``),
+or the next record ``INSERT`` that is a transaction of its own (sent outside a
+transaction block: the storage's one-statement small writes), is forwarded, its reply is
+swallowed once PostgreSQL has sent it (so the commit happened), and that connection is
+cut.
 The upstream may be TCP or the Unix socket of the embedded PostgreSQL. Loopback only.
 
 Used by the outage tests in-process, and by the benchmark as its own process:
@@ -117,6 +119,8 @@ class FaultProxy:
 
 _COMMIT = b"Q\x00\x00\x00\x0bCOMMIT\x00"  # psycopg's COMMIT: a simple-query message
 _RECORD_TABLES = (b"websocket_messages", b"api_connector_data")
+_RECORD_INSERTS = tuple(b"INSERT INTO " + table for table in _RECORD_TABLES)
+_READY = b"Z\x00\x00\x00\x05"  # ReadyForQuery, then the transaction status: I, T or E
 
 
 @attrs.define(eq=False)
@@ -128,12 +132,15 @@ class _CommitWatch:
     proxy: FaultProxy
     wrote_records: bool = False
     committing: bool = False
+    #: Outside a transaction block, as the server's last ReadyForQuery said.
+    idle: bool = True
 
     def from_client(self, data: bytes) -> bool:
         """Watched, never swallowed."""
         if any(table in data for table in _RECORD_TABLES):
             self.wrote_records = True
-        if _COMMIT in data:
+        alone = self.idle and any(insert in data for insert in _RECORD_INSERTS)
+        if _COMMIT in data or alone:
             # Claimed here, at the COMMIT, not when its reply comes: with two writer
             # connections committing at once, both replies were swallowed (a flaky test).
             self.committing = self.proxy.losing_commit and self.wrote_records
@@ -144,6 +151,8 @@ class _CommitWatch:
 
     def from_server(self, data: bytes) -> bool:
         """True if ``data`` is a record COMMIT's reply, to be swallowed."""
+        if (at := data.rfind(_READY)) >= 0 and at + 5 < len(data):
+            self.idle = data[at + 5 : at + 6] == b"I"
         if not self.committing:
             return False
         self.committing = False

@@ -18,7 +18,7 @@ import trio
 from engine.config import Settings
 from engine.models import ConnectorSpec, Record, StoredRecord, evolve_record
 from engine.retention import Retention
-from engine.storage import Database, migrations, partitions
+from engine.storage import Database, cluster, migrations, partitions
 from engine.storage.connectors import insert_connector
 from engine.storage.records import ID_TURN, SMALL_BATCH, IdTurn, insert_records
 from engine.writer import BatchWriter
@@ -309,3 +309,62 @@ async def test_concurrent_batches_take_record_ids_in_batch_order(
                 await trio.sleep(0.05)
                 nursery.start_soon(write, db, insert_records, b, second, ids_b)
             assert (max(ids_a) < min(ids_b)) is ordered
+
+
+@pytest.mark.parametrize("announce", [False, True], ids=["at-once", "statement-by-statement"])
+async def test_a_fenced_write_drops_only_the_records_of_a_lost_lease(
+    settings: Settings, database_dsn: str, tmp_path: Any, announce: bool
+) -> None:
+    # Connector a's run holds its lease at epoch 1; b's lease moved on to epoch 2 (another
+    # instance took it over): b's run records are dropped and counted, b's save (no
+    # session) and a's records are stored, and a's record stored before is a duplicate.
+    # A small write without announcements is committed in one round trip (the server
+    # answers once: one ReadyForQuery), the lease check applied by the insert itself.
+    me = "inst_me"
+    a, b = (attrs.evolve(KEEPER, connector_id=c, name=c) for c in ("conn_a", "conn_b"))
+
+    def run(connector: str, n: int, session: str | None = "s1") -> Record:
+        return evolve_record(made(n, connector, NOW), session_id=session)
+
+    async with Database.open(settings) as db:
+        for spec in (a, b):
+            await db.run(insert_connector, spec)
+            await db.run(cluster.acquire, spec.connector_id, me, 60.0)
+        await db.run(
+            lambda conn: conn.execute(
+                "UPDATE connector_leases SET epoch = 2 WHERE connector_id = 'conn_b'"
+            )
+        )
+        await db.run(insert_records, [run("conn_a", 1)])
+        batch = [run("conn_a", 1), run("conn_a", 2), run("conn_b", 3), run("conn_b", 4)]
+        batch += [run("conn_b", 5, session=None), run("conn_a", 6)]
+        trace = tmp_path / "libpq.trace"
+
+        def write(conn: psycopg.Connection[Any]) -> Any:
+            with trace.open("w") as out:
+                conn.pgconn.trace(out.fileno())
+                try:
+                    return cluster.write_fenced(
+                        conn, batch, me, {"conn_a": 1, "conn_b": 1}, {"conn_a", "conn_b"}, announce
+                    )
+                finally:
+                    conn.pgconn.untrace()
+
+        stored, duplicates, fenced = await db.run(write)
+    assert [s.record.dedup_key for s in stored] == ["t:BTC-USDT:2", "t:BTC-USDT:5", "t:BTC-USDT:6"]
+    assert duplicates == 1
+    assert fenced == {"conn_b": 2}
+    with psycopg.connect(database_dsn) as conn:
+        table = conn.execute(
+            "SELECT connector_id, dedup_key FROM websocket_messages ORDER BY id"
+        ).fetchall()
+    assert table == [
+        ("conn_a", "t:BTC-USDT:1"),
+        ("conn_a", "t:BTC-USDT:2"),
+        ("conn_b", "t:BTC-USDT:5"),
+        ("conn_a", "t:BTC-USDT:6"),
+    ]
+    # Statement by statement: BEGIN, the lease check, the insert, the notification (the
+    # COMMIT follows when the connection goes back to the pool).
+    answers = trace.read_text().count("ReadyForQuery")
+    assert answers == (1 if not announce else 4)

@@ -21,7 +21,16 @@ import psycopg
 
 from ..models import ConnectorSpec, Record, StoredRecord
 from .connectors import get_connector
-from .records import TABLES, insert_records, with_lost_attempt
+from .records import (
+    TABLES,
+    batch_json,
+    can_commit_at_once,
+    commit_at_once,
+    insert_from_json,
+    insert_records,
+    returned,
+    with_lost_attempt,
+)
 
 Conn = psycopg.Connection[Any]
 
@@ -224,17 +233,55 @@ def last_received(conn: Conn, connector_id: str, table: str) -> datetime | None:
     return row[0] if row else None
 
 
+_LEASE_CHECK = (
+    "SELECT connector_id, epoch FROM connector_leases"
+    " WHERE connector_id = ANY(%s) AND owner = %s FOR SHARE"
+)
+# The check and the insert as one statement (see _write_fenced_at_once): the batch's
+# rows ``r`` of a connector run are kept only while this instance holds the run's lease
+# at its epoch, read from the lease rows the check locks.
+_HELD = (
+    "r.session_id IS NULL OR NOT coalesce(r.connector_id = ANY(%s::text[]), false)"
+    " OR EXISTS (SELECT FROM held WHERE held.connector_id = r.connector_id"
+    " AND held.epoch = (%s::jsonb ->> r.connector_id)::bigint)"
+)
+# Its rows: those the insert returns, then the lease rows (no id; the epoch as text).
+_FENCED_INSERT = {
+    source: (
+        f"WITH held AS ({_LEASE_CHECK}), stored AS ({insert_from_json(source, _HELD)})"
+        " SELECT id, connector_id, dedup_key FROM stored"
+        " UNION ALL SELECT NULL, connector_id, epoch::text FROM held"
+    ).encode()
+    for source in TABLES
+}
+
+
 def valid_epochs(conn: Conn, instance_id: str, epochs: dict[str, int]) -> set[str]:
     """In the write transaction: the connectors whose lease this instance still holds at
     the epoch it started them with. The rows stay locked until the commit."""
     if not epochs:
         return set()
-    rows = conn.execute(
-        "SELECT connector_id, epoch FROM connector_leases"
-        " WHERE connector_id = ANY(%s) AND owner = %s FOR SHARE",
-        (list(epochs), instance_id),
-    ).fetchall()
+    rows = conn.execute(_LEASE_CHECK, (list(epochs), instance_id)).fetchall()
+    return _held(rows, epochs)
+
+
+def _held(rows: Sequence[tuple[Any, ...]], epochs: dict[str, int]) -> set[str]:
     return {cid for cid, epoch in rows if epochs.get(cid) == epoch}
+
+
+def _fence(
+    records: Sequence[Record], runs: set[str], valid: set[str]
+) -> tuple[list[Record], Counter[str]]:
+    """``records`` less those of connector runs whose lease is not held (``valid``), and
+    how many those were per connector."""
+    fenced: Counter[str] = Counter()
+    kept = []
+    for r in records:
+        if r.session_id is not None and r.connector_id in runs and r.connector_id not in valid:
+            fenced[r.connector_id] += 1
+        else:
+            kept.append(r)
+    return kept, fenced
 
 
 def write_fenced(
@@ -251,16 +298,11 @@ def write_fenced(
     ``announce``, notify the other instances of the ids committed. Returns the stored
     records, the duplicates skipped, and the fenced records per connector (``recover``: as
     for :func:`insert_records`)."""
+    if not (announce or recover) and can_commit_at_once(records):
+        return _write_fenced_at_once(conn, records, instance_id, epochs, runs)
     fenced: Counter[str] = Counter()
     if runs:
-        valid = valid_epochs(conn, instance_id, epochs)
-        kept = []
-        for r in records:
-            if r.session_id is not None and r.connector_id in runs and r.connector_id not in valid:
-                fenced[r.connector_id] += 1
-            else:
-                kept.append(r)
-        records = kept
+        records, fenced = _fence(records, runs, valid_epochs(conn, instance_id, epochs))
     stored, duplicates = insert_records(conn, records)
     if announce and stored:
         table = TABLES[records[0].source]
@@ -270,6 +312,25 @@ def write_fenced(
         # instances have those; only this one's subscribers still need them.
         stored, duplicates = with_lost_attempt(conn, records, stored, duplicates)
     return stored, duplicates, fenced
+
+
+def _write_fenced_at_once(
+    conn: Conn, records: Sequence[Record], instance_id: str, epochs: dict[str, int], runs: set[str]
+) -> tuple[list[StoredRecord], int, Counter[str]]:
+    """:func:`write_fenced` of a small batch in one statement, its own transaction (one
+    round trip, :func:`records.commit_at_once`): the lease check locks the lease rows,
+    the insert keeps what they allow, and the rows returned say what was stored and
+    which leases were held."""
+    data = batch_json(records)
+    if not runs:
+        statement = insert_from_json(records[0].source, "true").encode()
+        return (*returned(records, commit_at_once(conn, records, statement, (data,))), Counter())
+    params = (list(epochs), instance_id, data, sorted(runs), orjson.dumps(epochs).decode())
+    rows = commit_at_once(conn, records, _FENCED_INSERT[records[0].source], params)
+    inserted = [row for row in rows if row[0] is not None]
+    held = [(cid, int(epoch)) for no_id, cid, epoch in rows if no_id is None]
+    kept, fenced = _fence(records, runs, _held(held, epochs))
+    return (*returned(kept, inserted), fenced)
 
 
 def notify(conn: Conn, channel: str, payload: dict[str, Any]) -> None:

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextvars import ContextVar
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import attrs
 import msgspec
@@ -24,6 +24,8 @@ from ..memo import per_batch
 from ..models import Record, StoredRecord
 from . import partitions
 from .database import RawJsonb
+
+T = TypeVar("T")
 
 TABLES = {"websocket": "websocket_messages", "rest": "api_connector_data"}
 
@@ -156,10 +158,11 @@ _FROM_JSON = {
         f" SELECT {_COLUMNS.replace(' data,', _DATA_FROM_BASE64)}"
         f"{_EXTRA[source]}"
         f" FROM json_to_recordset(%s::json) AS r({_RECORD_COLUMNS}{_EXTRA_TYPES[source]})"
-        " ON CONFLICT DO NOTHING RETURNING id, connector_id, dedup_key"
-    ).encode()
+        "{where} ON CONFLICT DO NOTHING RETURNING id, connector_id, dedup_key"
+    )
     for source, table in TABLES.items()
 }
+_FROM_JSON_ALL = {source: text.format(where="").encode() for source, text in _FROM_JSON.items()}
 
 
 def insert_records(
@@ -181,7 +184,7 @@ def insert_records(
     if not records:
         return [], 0
     fresh, known = _unseen_rest_keys(conn, records)
-    stored, duplicates = _insert(conn, fresh) if fresh else ([], 0)
+    stored, duplicates = _insert(conn, fresh, _insert_once) if fresh else ([], 0)
     duplicates += known
     if recover:
         return with_lost_attempt(conn, records, stored, duplicates)
@@ -231,13 +234,15 @@ def with_lost_attempt(
 
 
 def _insert(
-    conn: psycopg.Connection[Any], records: Sequence[Record]
-) -> tuple[list[StoredRecord], int]:
-    """Insert; a record whose day has no partition yet (a backfill of old data, a source
-    clock far off) fails the transaction with :class:`partitions.Missing`, naming the
-    batch's days (the database layer creates them and runs the write again)."""
+    conn: psycopg.Connection[Any],
+    records: Sequence[Record],
+    once: Callable[[psycopg.Connection[Any], Sequence[Record]], T],
+) -> T:
+    """Insert (by ``once``); a record whose day has no partition yet (a backfill of old
+    data, a source clock far off) fails the transaction with :class:`partitions.Missing`,
+    naming the batch's days (the database layer creates them and runs the write again)."""
     try:
-        return _insert_once(conn, records)
+        return once(conn, records)
     except psycopg.errors.CheckViolation as exc:
         # A record without a time has no partition either: a data error, isolated by
         # the writer's split like any other (the column is NOT NULL).
@@ -424,9 +429,63 @@ def _insert_values(
     batch's turn to take ids (:class:`IdTurn`), so two such batches do not overlap in
     PostgreSQL: self-limiting, since past ≈ 50,000 rows/s batches outgrow 256 rows and go
     by COPY, whose turn is only the ``nextval``."""
-    statement = _FROM_JSON[records[0].source]
+    statement = _FROM_JSON_ALL[records[0].source]
     rows = conn.execute(statement, (_ENCODE(records).decode(),)).fetchall()
-    return _returned(records, rows)
+    return returned(records, rows)
+
+
+def can_commit_at_once(records: Sequence[Record]) -> bool:
+    """Whether a statement of :func:`insert_from_json` can write ``records`` alone (see
+    :func:`commit_at_once`): a small batch whose rows need nothing read before the
+    insert (a REST record without a source time does: its key is checked first, see
+    :func:`_unseen_rest_keys`)."""
+    return len(records) <= SMALL_BATCH and not (
+        records[0].source == "rest"
+        and any(r.source_id is not None and r.timestamp == r.received_at for r in records)
+    )
+
+
+def insert_from_json(source: str, where: str) -> str:
+    """The small-batch ``INSERT`` (see :func:`_insert_values`) of rows ``r`` for which
+    ``where`` holds, returning ``id, connector_id, dedup_key``; its first parameter is the
+    batch (:func:`batch_json`), those of ``where`` follow."""
+    return _FROM_JSON[source].format(where=f" WHERE {where}")
+
+
+def batch_json(records: Sequence[Record]) -> str:
+    return _ENCODE(records).decode()
+
+
+def commit_at_once(
+    conn: psycopg.Connection[Any],
+    records: Sequence[Record],
+    statement: bytes,
+    params: Sequence[Any],
+) -> list[tuple[Any, ...]]:
+    """Run ``statement``, which inserts ``records``, as a transaction of its own: one
+    round trip, committed by the server when it ends, instead of psycopg's ``BEGIN``,
+    the statements and ``COMMIT`` each waited for. Returns its rows.
+
+    Each wait ends in a worker thread that must take the interpreter back from an event
+    loop busy with hundreds of sockets: up to the 5 ms switch interval, and ``bench``
+    connectors-200 measured such hops at 5-14 ms at p99 (bench/README.md, fourth stop
+    on #17). A fenced write of a small batch (``storage.cluster``) waited four times.
+    (psycopg's pipeline mode does not get there: it waits for its ``BEGIN``, and again
+    when the pipeline ends.)
+
+    ``bench --only connectors-200``, four alternating pairs, 2026-12-06 (p99 ms, this
+    way / statement by statement): 38 / 123, 61 / 54, 104 / 149, 69 / 102; engine CPU
+    per record unchanged (83-95 µs either way)."""
+
+    def once(conn: psycopg.Connection[Any], _: Sequence[Record]) -> list[tuple[Any, ...]]:
+        conn.autocommit = True
+        try:
+            with _allocating():
+                return conn.execute(statement, params).fetchall()
+        finally:
+            conn.autocommit = False
+
+    return _insert(conn, records, once)
 
 
 def _text_columns(r: Record, data: object) -> tuple[object, ...]:
@@ -452,7 +511,7 @@ def _text_columns(r: Record, data: object) -> tuple[object, ...]:
     )
 
 
-def _returned(
+def returned(
     records: Sequence[Record], inserted: list[tuple[Any, ...]]
 ) -> tuple[list[StoredRecord], int]:
     """``RETURNING id, connector_id, dedup_key`` rows → stored records in id order, and how
@@ -484,7 +543,7 @@ def _insert_deduplicated(
                 )
         cur.execute(_INSERT.format(table=table, extra=_EXTRA[records[0].source]).encode())
         inserted = cur.fetchall()
-    return _returned(records, inserted)
+    return returned(records, inserted)
 
 
 # Each key is looked up with its partition key ("timestamp"), so one partition's unique
