@@ -140,8 +140,10 @@ async def test_subscribers_share_one_batch_frame_and_laggards_catch_up_in_one() 
 async def test_many_subscribers_get_commits_gathered_into_fewer_batches(
     autojump_clock: trio.abc.Clock,
 ) -> None:
-    """With many subscribers the hub waits a little (longer the more there are) and
-    publishes what committed meanwhile as one batch; notices keep their place."""
+    """With many subscribers the hub publishes at most once per linger (longer the more
+    there are), what committed meanwhile as one batch; notices keep their place. The
+    linger counts from the last publish: a commit after a quiet spell (or after a fan-out
+    that took longer than the linger) goes out at once."""
     send, receive = trio.open_memory_channel[object](10)
     h = BroadcastHub(receive, max_lag=1000)  # type: ignore[arg-type]
     assert h.linger() == 0
@@ -154,20 +156,29 @@ async def test_many_subscribers_get_commits_gathered_into_fewer_batches(
             h._subscribers = {only, other}
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(h.run)
+                linger = 2 * LINGER_PER_SUBSCRIBER
                 started = trio.current_time()
                 await send.send([stored(1)])
+                alone = await only.__anext__()
+                assert trio.current_time() == started  # nothing published before it
                 await send.send([stored(2), stored(3)])
                 await send.send(Notice("conn_a", {"type": "gap"}))
                 await send.send([stored(4)])
                 first = await only.__anext__()
                 second = await only.__anext__()
                 third = await only.__anext__()
-                assert trio.current_time() - started == 2 * LINGER_PER_SUBSCRIBER
+                assert trio.current_time() - started == linger
+                await trio.sleep(3 * linger)  # quiet: the next commit goes out at once
+                quiet = trio.current_time()
+                await send.send([stored(5)])
+                assert [orjson.loads(f)["id"] for f in await only.__anext__()] == [5]
+                assert trio.current_time() == quiet
                 send.close()
-            assert [orjson.loads(f)["id"] for f in first] == [1, 2, 3]
+            assert [orjson.loads(f)["id"] for f in alone] == [1]
+            assert [orjson.loads(f)["id"] for f in first] == [2, 3]
             assert [orjson.loads(f)["type"] for f in second] == ["gap"]
             assert [orjson.loads(f)["id"] for f in third] == [4]
-            assert h.statistics().batches_in == 2
+            assert h.statistics().batches_in == 4
 
 
 async def test_a_big_commit_goes_out_in_frames_of_bounded_size() -> None:
