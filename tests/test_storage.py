@@ -311,15 +311,16 @@ async def test_concurrent_batches_take_record_ids_in_batch_order(
             assert (max(ids_a) < min(ids_b)) is ordered
 
 
-@pytest.mark.parametrize("announce", [False, True], ids=["at-once", "statement-by-statement"])
+@pytest.mark.parametrize("announce", [False, True], ids=["alone", "announced"])
 async def test_a_fenced_write_drops_only_the_records_of_a_lost_lease(
     settings: Settings, database_dsn: str, tmp_path: Any, announce: bool
 ) -> None:
     # Connector a's run holds its lease at epoch 1; b's lease moved on to epoch 2 (another
     # instance took it over): b's run records are dropped and counted, b's save (no
     # session) and a's records are stored, and a's record stored before is a duplicate.
-    # A small write without announcements is committed in one round trip (the server
-    # answers once: one ReadyForQuery), the lease check applied by the insert itself.
+    # A small write is committed in one round trip (the server answers once: one
+    # ReadyForQuery), the lease check applied by the insert itself; in a cluster the
+    # notification of the stored ids goes with it, worded as notify_committed words it.
     me = "inst_me"
     a, b = (attrs.evolve(KEEPER, connector_id=c, name=c) for c in ("conn_a", "conn_b"))
 
@@ -350,7 +351,15 @@ async def test_a_fenced_write_drops_only_the_records_of_a_lost_lease(
                 finally:
                     conn.pgconn.untrace()
 
+        listener = await trio.to_thread.run_sync(
+            lambda: psycopg.connect(database_dsn, autocommit=True)
+        )
+        listener.execute(f"LISTEN {cluster.FEED_CHANNEL}")
         stored, duplicates, fenced = await db.run(write)
+        told = [
+            orjson.loads(n.payload) for n in listener.notifies(timeout=0.5 if announce else 0.1)
+        ]
+        listener.close()
     assert [s.record.dedup_key for s in stored] == ["t:BTC-USDT:2", "t:BTC-USDT:5", "t:BTC-USDT:6"]
     assert duplicates == 1
     assert fenced == {"conn_b": 2}
@@ -364,7 +373,7 @@ async def test_a_fenced_write_drops_only_the_records_of_a_lost_lease(
         ("conn_b", "t:BTC-USDT:5"),
         ("conn_a", "t:BTC-USDT:6"),
     ]
-    # Statement by statement: BEGIN, the lease check, the insert, the notification (the
-    # COMMIT follows when the connection goes back to the pool).
-    answers = trace.read_text().count("ReadyForQuery")
-    assert answers == (1 if not announce else 4)
+    assert trace.read_text().count("ReadyForQuery") == 1
+    ids = [s.id for s in stored]
+    expected = {"i": me, "t": "records", "s": "websocket_messages", "r": cluster.id_ranges(ids)}
+    assert told == ([expected] if announce else [])

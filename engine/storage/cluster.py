@@ -10,6 +10,7 @@ its lease stores nothing more for that connector.
 
 from __future__ import annotations
 
+import functools
 from collections import Counter
 from collections.abc import Callable, Sequence
 from datetime import datetime
@@ -245,15 +246,32 @@ _HELD = (
     " OR EXISTS (SELECT FROM held WHERE held.connector_id = r.connector_id"
     " AND held.epoch = (%s::jsonb ->> r.connector_id)::bigint)"
 )
-# Its rows: those the insert returns, then the lease rows (no id; the epoch as text).
-_FENCED_INSERT = {
-    source: (
-        f"WITH held AS ({_LEASE_CHECK}), stored AS ({insert_from_json(source, _HELD)})"
-        " SELECT id, connector_id, dedup_key FROM stored"
-        " UNION ALL SELECT NULL, connector_id, epoch::text FROM held"
-    ).encode()
-    for source in TABLES
-}
+
+
+@functools.cache
+def _at_once(source: str, fenced: bool, announce: bool) -> bytes:
+    """The statement of :func:`_write_fenced_at_once`. With ``fenced``, the lease check
+    (``held``) and the insert keeping what it allows; with ``announce``, the notification
+    of the ids stored, as :func:`notify_committed` words it (one payload: a small batch's
+    at most ``SMALL_BATCH`` runs stay under PostgreSQL's 8,000 bytes). Its rows: those the
+    insert returns, then the lease rows (no id; the epoch as text), then one row of
+    NULLs if it notified."""
+    table = TABLES[source]
+    parts = [f"held AS ({_LEASE_CHECK})"] if fenced else []
+    parts.append(f"stored AS ({insert_from_json(source, _HELD if fenced else 'true')})")
+    rows = ["SELECT id, connector_id, dedup_key FROM stored"]
+    if fenced:
+        rows.append("SELECT NULL, connector_id, epoch::text FROM held")
+    if announce:
+        parts.append(
+            f"told AS (SELECT pg_notify('{FEED_CHANNEL}', json_build_object('i', %s::text,"
+            f" 't', 'records', 's', '{table}', 'r', json_agg(json_build_array(lo, hi)"
+            " ORDER BY lo))::text) FROM (SELECT min(id) AS lo, max(id) AS hi FROM"
+            " (SELECT id, id - row_number() OVER (ORDER BY id) AS run FROM stored) AS numbered"
+            " GROUP BY run) AS runs HAVING count(*) > 0)"
+        )
+        rows.append("SELECT NULL, NULL, NULL FROM told")
+    return f"WITH {', '.join(parts)} {' UNION ALL '.join(rows)}".encode()
 
 
 def valid_epochs(conn: Conn, instance_id: str, epochs: dict[str, int]) -> set[str]:
@@ -298,8 +316,8 @@ def write_fenced(
     ``announce``, notify the other instances of the ids committed. Returns the stored
     records, the duplicates skipped, and the fenced records per connector (``recover``: as
     for :func:`insert_records`)."""
-    if not (announce or recover) and can_commit_at_once(records):
-        return _write_fenced_at_once(conn, records, instance_id, epochs, runs)
+    if not recover and can_commit_at_once(records):
+        return _write_fenced_at_once(conn, records, instance_id, epochs, runs, announce)
     fenced: Counter[str] = Counter()
     if runs:
         records, fenced = _fence(records, runs, valid_epochs(conn, instance_id, epochs))
@@ -315,21 +333,28 @@ def write_fenced(
 
 
 def _write_fenced_at_once(
-    conn: Conn, records: Sequence[Record], instance_id: str, epochs: dict[str, int], runs: set[str]
+    conn: Conn,
+    records: Sequence[Record],
+    instance_id: str,
+    epochs: dict[str, int],
+    runs: set[str],
+    announce: bool,
 ) -> tuple[list[StoredRecord], int, Counter[str]]:
     """:func:`write_fenced` of a small batch in one statement, its own transaction (one
-    round trip, :func:`records.commit_at_once`): the lease check locks the lease rows,
-    the insert keeps what they allow, and the rows returned say what was stored and
-    which leases were held."""
-    data = batch_json(records)
-    if not runs:
-        statement = insert_from_json(records[0].source, "true").encode()
-        return (*returned(records, commit_at_once(conn, records, statement, (data,))), Counter())
-    params = (list(epochs), instance_id, data, sorted(runs), orjson.dumps(epochs).decode())
-    rows = commit_at_once(conn, records, _FENCED_INSERT[records[0].source], params)
+    round trip instead of four or five, :func:`records.commit_at_once`): the lease check
+    locks the lease rows, the insert keeps what they allow, the notification names what
+    it stored, and the rows returned say what was stored and which leases were held."""
+    params: list[Any] = [list(epochs), instance_id] if runs else []
+    params.append(batch_json(records))
+    if runs:
+        params += [sorted(runs), orjson.dumps(epochs).decode()]
+    if announce:
+        params.append(instance_id)
+    statement = _at_once(records[0].source, bool(runs), announce)
+    rows = commit_at_once(conn, records, statement, params)
     inserted = [row for row in rows if row[0] is not None]
-    held = [(cid, int(epoch)) for no_id, cid, epoch in rows if no_id is None]
-    kept, fenced = _fence(records, runs, _held(held, epochs))
+    held = [(cid, int(epoch)) for no_id, cid, epoch in rows if no_id is None and cid is not None]
+    kept, fenced = _fence(records, runs, _held(held, epochs)) if runs else (records, Counter())
     return (*returned(kept, inserted), fenced)
 
 
