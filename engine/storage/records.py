@@ -265,7 +265,9 @@ def _insert_once(
             _copy_direct(conn, ids, records)
     except psycopg.errors.UniqueViolation:
         return _insert_deduplicated(conn, records)
-    return [StoredRecord(id=i, record=r) for i, r in zip(ids, records, strict=True)], 0
+    # Positional, through map: 257 ns a record against 417 for the keyword comprehension
+    # (5,000 per batch at max rate: ≈ 1.5% of the engine's CPU there).
+    return list(map(StoredRecord, ids, records)), 0
 
 
 # The ids as their bounds when they are consecutive (the usual case: another session's
