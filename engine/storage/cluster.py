@@ -315,7 +315,10 @@ def write_fenced(
     whose lease this instance no longer holds at the epoch in ``epochs``; with
     ``announce``, notify the other instances of the ids committed. Returns the stored
     records, the duplicates skipped, and the fenced records per connector (``recover``: as
-    for :func:`insert_records`)."""
+    for :func:`insert_records`).
+
+    A small batch (not a retry) is written as one statement that commits itself
+    (:func:`_write_fenced_at_once`): ``conn`` must then not be in a transaction."""
     if not recover and can_commit_at_once(records):
         return _write_fenced_at_once(conn, records, instance_id, epochs, runs, announce)
     fenced: Counter[str] = Counter()
