@@ -356,6 +356,10 @@ async def test_a_fenced_write_drops_only_the_records_of_a_lost_lease(
         )
         listener.execute(f"LISTEN {cluster.FEED_CHANNEL}")
         stored, duplicates, fenced = await db.run(write)
+        # The same batch again: nothing stored, so nothing announced.
+        epochs = {"conn_a": 1, "conn_b": 1}
+        again = await db.run(cluster.write_fenced, batch, me, epochs, set(epochs), announce)
+        assert again == ([], 4, {"conn_b": 2})
         told = [
             orjson.loads(n.payload) for n in listener.notifies(timeout=0.5 if announce else 0.1)
         ]
