@@ -432,8 +432,13 @@ def _insert_values(
     PostgreSQL: self-limiting, since past ≈ 50,000 rows/s batches outgrow 256 rows and go
     by COPY, whose turn is only the ``nextval``."""
     statement = _FROM_JSON_ALL[records[0].source]
-    rows = conn.execute(statement, (_ENCODE(records).decode(),)).fetchall()
+    rows = conn.execute(statement, (batch_json(records),)).fetchall()
     return returned(records, rows)
+
+
+def batch_json(records: Sequence[Record]) -> str:
+    """The small-batch insert's parameter: ``records`` as one JSON array of objects."""
+    return _ENCODE(records).decode()
 
 
 def can_commit_at_once(records: Sequence[Record]) -> bool:
@@ -452,10 +457,6 @@ def insert_from_json(source: str, where: str) -> str:
     ``where`` holds, returning ``id, connector_id, dedup_key``; its first parameter is the
     batch (:func:`batch_json`), those of ``where`` follow."""
     return _FROM_JSON[source].format(where=f" WHERE {where}")
-
-
-def batch_json(records: Sequence[Record]) -> str:
-    return _ENCODE(records).decode()
 
 
 def commit_at_once(
