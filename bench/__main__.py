@@ -520,6 +520,14 @@ def _retention_section(b: dict[str, float]) -> list[str]:
     if "retention_drop_s" not in b:
         return []
     rows_per_s = b["retention_row_delete_rows_per_s"]
+    files = b.get("retention_evicted_files")
+    evicted = (
+        "not measured"
+        if files is None
+        else f"{files:.0f} files"
+        if files
+        else "no (data directory not readable here)"
+    )
     return [
         f"### {_retention_key(b)}: retention drops an expired day under a "
         f"{1 / store.LOAD_INTERVAL * store.LOAD_BATCH:,.0f} records/s insert load\n",
@@ -528,6 +536,8 @@ def _retention_section(b: dict[str, float]) -> list[str]:
         "|---|---|",
         f"| rows in the expired day (filled, indexed and attached in) | "
         f"{b['retention_rows']:,.0f} ({b['retention_fill_s']:.0f} s) |",
+        f"| the day's files evicted from the OS page cache first, as thirty days unread "
+        f"leave them (`bench/store.py:_evict`) | {evicted} |",
         f"| retention pass (detach concurrently + drop) | {b['retention_drop_s']:.2f} s |",
         f"| insert commits: 5 s before (p99 / slowest) | {b['retention_before_p99_ms']:.0f} / "
         f"{b['retention_before_max_ms']:.0f} ms |",
