@@ -458,6 +458,11 @@ def report(
             f"| engine task steps over 20 ms (of them GC pauses) / slowest ms | "
             f"{r['slow_steps']} ({r['slow_gc']}) / {r['slowest_step_ms']:.0f} |",
         ]
+        if "checkpoints" in r:  # runs before 2026-12-06 19:10 did not count them
+            lines.append(
+                f"| PostgreSQL checkpoints during the run (each scenario starts after one) | "
+                f"{r['checkpoints']} |"
+            )
         if r["rss_slope_mib_per_min"] is not None:
             lines.append(
                 f"| RSS slope, second half (MiB/min) | {r['rss_slope_mib_per_min']:+.2f} |"

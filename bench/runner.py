@@ -375,6 +375,27 @@ def http_client_ceiling(pollers: int, seconds: float) -> dict[str, float]:
         return trio.run(run)
 
 
+def _checkpoints(admin: str) -> int:
+    """PostgreSQL's checkpoints so far (timed and requested), server-wide."""
+    with psycopg.connect(admin, autocommit=True) as conn:
+        version = conn.info.server_version
+        view = "pg_stat_checkpointer" if version >= 170000 else "pg_stat_bgwriter"
+        columns = (
+            "num_timed + num_requested"
+            if version >= 170000
+            else ("checkpoints_timed + checkpoints_req")
+        )
+        row = conn.execute(f"SELECT {columns} FROM {view}").fetchone()
+    return int(row[0]) if row else 0
+
+
+def _checkpoint(admin: str) -> int:
+    """Write every dirty page now (``CHECKPOINT``); returns :func:`_checkpoints` after it."""
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute("CHECKPOINT")
+    return _checkpoints(admin)
+
+
 @contextlib.contextmanager
 def profiled(pid: int, output: str | None) -> Iterator[None]:
     """Sample ``pid`` with py-spy while the block runs; write a flame graph to ``output``
@@ -605,6 +626,9 @@ def run_scenario(
                 "load": lambda: [psutil.Process(p.pid) for p in [firehose, *subscribers]],
             }
         )
+        # The scenario before left dirty pages and WAL: written now, they do not land as
+        # a checkpoint inside this one (its own WAL may still cause one: counted below).
+        checkpoints_before = _checkpoint(admin)
         metrics_before = read_metrics()
         rss: list[tuple[float, float]] = []
         stall = "pending" if proxy else "none"
@@ -662,6 +686,7 @@ def run_scenario(
                 time.sleep(poll)
             stopped = time.perf_counter()
             used = cpu.used()
+        checkpoints = _checkpoints(admin) - checkpoints_before
         elapsed = stopped - started
         results = [_subscriber_result(s) for s in subscribers]
         with psycopg.connect(dsn) as conn:
@@ -696,6 +721,7 @@ def run_scenario(
             "max_ms": _most(r["max_ms"] for r in results),
             "arrival_p50_ms": _most(r["arrival_p50_ms"] for r in results),
             "arrival_p99_ms": _most(r["arrival_p99_ms"] for r in results),
+            "checkpoints": checkpoints,
             "engine_cpu": used["engine"] / elapsed,
             "postgres_cpu": used["postgres"] / elapsed,
             "load_cpu": used["load"] / elapsed,
