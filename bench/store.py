@@ -186,6 +186,9 @@ def retention_drop(admin: str, rows: int) -> dict[str, float]:
                 )
                 filled = time.perf_counter() - t0
                 row_rate = await _row_deletes(db)
+                await trio.to_thread.run_sync(
+                    _settle, dsn, partitions.name("websocket_messages", small_day)
+                )
                 evicted = await trio.to_thread.run_sync(
                     _evict, dsn, partitions.name("websocket_messages", big_day)
                 )
@@ -219,6 +222,15 @@ def retention_drop(admin: str, rows: int) -> dict[str, float]:
         result = trio.run(run)
         result["setup_s"] = time.perf_counter() - started
         return result
+
+
+def _settle(dsn: str, partition: str) -> None:
+    """Vacuum what the row deletes left in ``partition`` and write every dirty page, so
+    the five seconds before the pass (the comparison) are not slowed by them: in the
+    19:03 full run they were (commits p99 88 ms before the pass, 8 to 14 ms in quiet runs)."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("VACUUM {}").format(sql.Identifier(partition)))
+        conn.execute("CHECKPOINT")
 
 
 def _evict(dsn: str, partition: str) -> int:
