@@ -380,11 +380,9 @@ def _checkpoints(admin: str) -> int:
     with psycopg.connect(admin, autocommit=True) as conn:
         version = conn.info.server_version
         view = "pg_stat_checkpointer" if version >= 170000 else "pg_stat_bgwriter"
-        columns = (
-            "num_timed + num_requested"
-            if version >= 170000
-            else ("checkpoints_timed + checkpoints_req")
-        )
+        columns = "checkpoints_timed + checkpoints_req"
+        if version >= 170000:
+            columns = "num_timed + num_requested"
         row = conn.execute(f"SELECT {columns} FROM {view}").fetchone()
     return int(row[0]) if row else 0
 

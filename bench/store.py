@@ -257,8 +257,10 @@ def _evict(dsn: str, partition: str) -> int:
         ]
     evicted = 0
     for path in paths:
-        # The main fork's 1 GB segments (``path``, ``path.1``, …) and the other forks.
-        for file in glob.glob(os.path.join(directory, path) + "*"):
+        base = os.path.join(directory, path)
+        # The main fork and its 1 GB segments (``.1``, ``.2``, …), the other forks (``_fsm``,
+        # ``_vm``); not ``base + "*"``, which would match another relation's longer number.
+        for file in [base, *glob.glob(base + ".*"), *glob.glob(base + "_*")]:
             try:
                 fd = os.open(file, os.O_RDONLY)
             except OSError:
