@@ -6,7 +6,8 @@ connector's own ``retention_days`` overrides it for that connector's records.
 
 * Under the default policy a record table loses whole UTC days: each day partition wholly
   older than the limit is detached concurrently and dropped: seconds for 50 million rows,
-  without slowing inserts (bench ``retention-50M``). A record is so kept at least the
+  without blocking inserts (their commits can wait longer while the filesystem frees the
+  day's files: docs/storage.md, bench ``retention-50M``). A record is so kept at least the
   configured days and less than one day more. A day that also holds records of a
   connector whose own retention is longer is deleted row by row instead, sparing those.
 * A connector's own retention deletes its rows, and the journal tables theirs, in bounded
