@@ -526,13 +526,11 @@ def _retention_section(b: dict[str, float]) -> list[str]:
         return []
     rows_per_s = b["retention_row_delete_rows_per_s"]
     files = b.get("retention_evicted_files")
-    evicted = (
-        "not measured"
-        if files is None
-        else f"{files:.0f} files"
-        if files
-        else "no (data directory not readable here)"
-    )
+    evicted = "no (data directory not readable here)"
+    if files is None:
+        evicted = "not measured"
+    elif files:
+        evicted = f"{files:.0f} files"
     return [
         f"### {_retention_key(b)}: retention drops an expired day under a "
         f"{1 / store.LOAD_INTERVAL * store.LOAD_BATCH:,.0f} records/s insert load\n",

@@ -375,23 +375,18 @@ def http_client_ceiling(pollers: int, seconds: float) -> dict[str, float]:
         return trio.run(run)
 
 
-def _checkpoints(admin: str) -> int:
-    """PostgreSQL's checkpoints so far (timed and requested), server-wide."""
+def _checkpoints(admin: str, *, first: bool = False) -> int:
+    """PostgreSQL's checkpoints so far (timed and requested), server-wide; with ``first``,
+    after writing every dirty page now (``CHECKPOINT``)."""
     with psycopg.connect(admin, autocommit=True) as conn:
-        version = conn.info.server_version
-        view = "pg_stat_checkpointer" if version >= 170000 else "pg_stat_bgwriter"
-        columns = "checkpoints_timed + checkpoints_req"
-        if version >= 170000:
-            columns = "num_timed + num_requested"
-        row = conn.execute(f"SELECT {columns} FROM {view}").fetchone()
+        if first:
+            conn.execute("CHECKPOINT")
+        if conn.info.server_version >= 170000:
+            query = "SELECT num_timed + num_requested FROM pg_stat_checkpointer"
+        else:
+            query = "SELECT checkpoints_timed + checkpoints_req FROM pg_stat_bgwriter"
+        row = conn.execute(query).fetchone()
     return int(row[0]) if row else 0
-
-
-def _checkpoint(admin: str) -> int:
-    """Write every dirty page now (``CHECKPOINT``); returns :func:`_checkpoints` after it."""
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute("CHECKPOINT")
-    return _checkpoints(admin)
 
 
 @contextlib.contextmanager
@@ -626,7 +621,7 @@ def run_scenario(
         )
         # The scenario before left dirty pages and WAL: written now, they do not land as
         # a checkpoint inside this one (its own WAL may still cause one: counted below).
-        checkpoints_before = _checkpoint(admin)
+        checkpoints_before = _checkpoints(admin, first=True)
         metrics_before = read_metrics()
         rss: list[tuple[float, float]] = []
         stall = "pending" if proxy else "none"

@@ -244,14 +244,15 @@ def _evict(dsn: str, partition: str) -> int:
     are local)."""
     with psycopg.connect(dsn) as conn:
         directory = str(conn.execute("SHOW data_directory").fetchone()[0])  # type: ignore[index]
+        # The table and its TOAST table, then every index of either.
         paths = [
             row[0]
             for row in conn.execute(
-                "SELECT pg_relation_filepath(oid) FROM pg_class WHERE oid = %(t)s::regclass"
-                " OR oid IN (SELECT indexrelid FROM pg_index WHERE indrelid = %(t)s::regclass)"
-                " OR oid = (SELECT reltoastrelid FROM pg_class WHERE oid = %(t)s::regclass)"
-                " OR oid IN (SELECT indexrelid FROM pg_index WHERE indrelid ="
-                " (SELECT reltoastrelid FROM pg_class WHERE oid = %(t)s::regclass))",
+                "WITH t AS (SELECT %(t)s::regclass::oid AS oid UNION ALL"
+                " SELECT reltoastrelid FROM pg_class WHERE oid = %(t)s::regclass)"
+                " SELECT pg_relation_filepath(oid) FROM t UNION ALL"
+                " SELECT pg_relation_filepath(indexrelid) FROM pg_index"
+                " WHERE indrelid IN (SELECT oid FROM t)",
                 {"t": partition},
             )
             if row[0] is not None
