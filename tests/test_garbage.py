@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 import trio
 
-from engine.engine import YOUNG_COLLECTION_INTERVAL, collect_young
+from engine.engine import YOUNG_COLLECTION_INTERVAL, collect_young, tune_garbage_collector
 
 
 class Node:
@@ -23,13 +23,14 @@ class Node:
 
 @pytest.fixture
 def tuned() -> Iterator[None]:
-    """The thresholds ``tune_garbage_collector`` sets, restored afterwards."""
+    """The collector as the server tunes it (:func:`tune_garbage_collector`), undone
+    afterwards."""
     before = gc.get_threshold()
-    gc.collect()
-    gc.set_threshold(50_000, 10, 10)
+    tune_garbage_collector()
     try:
         yield
     finally:
+        gc.unfreeze()
         gc.set_threshold(*before)
 
 
