@@ -272,7 +272,9 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         # Indexes: docs/storage.md "Indexes" gives each one's cost on the store ceiling
         # (bench/store.py) and the plans of the queries the data endpoints run. The unique
         # (connector_id, "timestamp", dedup_key) both deduplicates and serves "one
-        # connector's records by time"; the BRIN index on time is gone.
+        # connector's records by time"; the BRIN index on time is gone. The payload
+        # (`data`) stays jsonb, the spec's type, though json stores a third cheaper for
+        # PostgreSQL: measured, and why kept, in docs/storage.md ("The raw payload").
         "".join(
             f"""
         ALTER TABLE {t} RENAME TO {t}_unpartitioned;
