@@ -399,6 +399,7 @@ def report(
             f"| {_verdict(target.met(r, baselines))} |"
         )
     lines += _memory_target(rows)
+    lines += _cpu_target(rows)
     lines += _store_targets(baselines)
     lines += [
         "",
@@ -482,6 +483,29 @@ def _memory_target(rows: list[tuple[Scenario, Target | None, dict[str, Any]]]) -
     return [
         f"| every scenario | peak RSS ≤ 200 MiB | highest {peak:.0f} MiB ({key}; "
         f"{len(peaks)} scenarios) | {_verdict(peak <= 200)} |"
+    ]
+
+
+#: Engine µs of CPU per stored record in the RESULTS.md committed before issue #17's work
+#: (the half-CPU target is at most half of these; bench/README.md "Half the CPU per record").
+CPU_BEFORE = {"max-1": 14.0, "max-10": 15.5}
+
+
+def _cpu_target(rows: list[tuple[Scenario, Target | None, dict[str, Any]]]) -> list[str]:
+    """The target row for the engine's CPU per record on the max-rate scenarios."""
+    measured = [
+        (s.key, r["engine_us_per_record"])
+        for s, _, r in rows
+        if s.key in CPU_BEFORE and finite(r.get("engine_us_per_record"))
+    ]
+    if not measured:
+        return []
+    before = ", ".join(f"{key} {us:.1f}" for key, us in CPU_BEFORE.items())
+    now = ", ".join(f"{key} {us:.1f} µs ({us / CPU_BEFORE[key]:.2f}×)" for key, us in measured)
+    met = all(us <= 0.5 * CPU_BEFORE[key] for key, us in measured)
+    return [
+        f"| max-rate engine CPU | ≤ 0.5× the µs per record committed before issue #17 "
+        f"({before}) | {now} | {_verdict(met)} |"
     ]
 
 
