@@ -232,10 +232,12 @@ FEED_RATE = 30_000
 
 
 @contextlib.asynccontextmanager
-async def firehose() -> AsyncIterator[int]:
-    """The bench's firehose at ``FEED_RATE``, a process of its own; yields its port."""
+async def firehose(seconds: int = 20) -> AsyncIterator[int]:
+    """The bench's firehose at ``FEED_RATE`` for ``seconds``, a process of its own (killed
+    when the block ends); yields its port."""
+    count = str(FEED_RATE * seconds)
     process = await trio.lowlevel.open_process(
-        [sys.executable, "-m", "bench.firehose", "--count", "600000", "--rate", str(FEED_RATE)],
+        [sys.executable, "-m", "bench.firehose", "--count", count, "--rate", str(FEED_RATE)],
         stdout=subprocess.PIPE,
     )
     try:
@@ -319,7 +321,7 @@ async def test_a_tail_that_falls_behind_skips_ahead_and_goes_on(
     service: Service = await nursery.start(
         partial(serve, evolve(settings, realtime_max_lag=100), handle_signals=False)
     )
-    async with firehose() as port:
+    async with firehose(seconds=90) as port:  # live until the end, however many rounds
         async with httpx.AsyncClient(base_url=service.url, timeout=30) as client:
             body = {"name": "firehose", "api_url": f"ws://127.0.0.1:{port}/binance"}
             feed = (await client.post("/api/connectors", json=body)).json()["connector_id"]
